@@ -1,0 +1,51 @@
+# Two commands on a fresh machine:
+#   make book   build the executed website into _build/html
+#   make test   unit tests, nbval on every chapter, and the website check
+# Both create (or reuse) .venv and install requirements.txt into it.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: venv book test unit notebooks website lab student clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (servelab)" >/dev/null
+	touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+	@echo "Website: $(CURDIR)/_build/html/index.html"
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest tests --ignore=tests/test_website.py -q
+
+notebooks: $(STAMP)
+	$(BIN)/python -m pytest chapters -q
+
+website: book
+	$(BIN)/python -m pytest tests/test_website.py -q
+
+# Everything, in one pytest run so the closing summary line counts every test.
+test: book
+	$(BIN)/python -m pytest -q -rfEs --durations=15
+
+student: $(STAMP)
+	$(BIN)/python -m servelab.student chapters _build/student
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab chapters
+
+clean:
+	rm -rf _build

@@ -1,0 +1,77 @@
+"""The book's house style for figures.
+
+One colour per concept, used the same way in every chapter, units on every
+axis, and the measured hardware in every caption. Taught in: chapters/00_setup.ipynb.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from servelab import hardware
+
+#: One colour per concept, for the whole book.
+COLORS: dict[str, str] = {
+    "threads": "#1f77b4",  # blue: one process, many threads
+    "processes": "#d62728",  # red: one process per worker
+    "preload": "#ff7f0e",  # orange: processes forked after loading
+    "p50": "#2ca02c",
+    "p95": "#ff7f0e",
+    "p99": "#d62728",
+    "throughput": "#7f7f7f",
+    "predicted": "#000000",
+    "rnn": "#9467bd",  # purple: recurrent models
+    "rnn_fused": "#8c564b",
+    "bert": "#17becf",  # teal: transformers
+    "batched": "#bcbd22",
+    "unbatched": "#7f7f7f",
+    "adaptive": "#e377c2",
+}
+
+_STYLE = {
+    "figure.figsize": (7.5, 4.2),
+    "figure.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.titlesize": 12,
+    "axes.labelsize": 11,
+    "legend.frameon": False,
+    "font.size": 10,
+}
+
+
+def use_style() -> None:
+    """Apply the house style to every later figure."""
+    plt.rcParams.update(_STYLE)
+
+
+def figure(ncols: int = 1, nrows: int = 1, **kwargs) -> tuple[Figure, Axes | list[Axes]]:
+    """A new figure in the house style (``plt.subplots`` arguments pass through)."""
+    use_style()
+    width, height = _STYLE["figure.figsize"]
+    kwargs.setdefault("figsize", (width * (1 if ncols == 1 else 0.62 * ncols), height * nrows))
+    fig, axes = plt.subplots(nrows, ncols, **kwargs)
+    return fig, axes
+
+
+def caption(fig: Figure, text: str = "") -> Figure:
+    """Put the measured hardware (and optional text) under the figure."""
+    line = f"Measured on {hardware.short_description()}"
+    if text:
+        line = f"{text}\n{line}"
+    fig.text(0.01, -0.02, line, ha="left", va="top", fontsize=8.5, color="#555555", wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def label(ax: Axes, x: str, y: str, title: str | None = None) -> Axes:
+    """Set axis labels (say the units!) and an optional title."""
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    if title:
+        ax.set_title(title)
+    return ax
