@@ -26,7 +26,11 @@ class ProcessMemory:
     rss: int
     pss: int
     uss: int
-    shared: int
+
+    @property
+    def shared(self) -> int:
+        """Bytes resident here that at least one other process also maps (RSS − USS)."""
+        return self.rss - self.uss
 
 
 @dataclass
@@ -55,7 +59,7 @@ class TreeMemory:
 def process_memory(proc: psutil.Process) -> ProcessMemory:
     """RSS, PSS, USS and shared bytes of one process (reads /proc/PID/smaps_rollup)."""
     info = proc.memory_full_info()
-    return ProcessMemory(proc.pid, proc.name(), info.rss, info.pss, info.uss, info.shared)
+    return ProcessMemory(proc.pid, proc.name(), info.rss, info.pss, info.uss)
 
 
 def tree_memory(processes: Iterable[psutil.Process | int]) -> TreeMemory:
