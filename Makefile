@@ -10,7 +10,10 @@ STAMP  := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
-export MPLBACKEND := Agg
+# Never MPLBACKEND (not even one set by the caller): notebook kernels inherit it, and ipykernel
+# only picks its inline backend, which puts figures in the book, when it is unset.
+# Headless matplotlib falls back to Agg by itself.
+unexport MPLBACKEND
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
 .PHONY: venv book test unit notebooks website lab student clean

@@ -11,6 +11,8 @@ One module per concept, each taught in a chapter and unit-tested in ``tests/``:
 - :mod:`servelab.load`       load generators (wrk, asyncio)
 - :mod:`servelab.memory`     RSS / PSS / USS of a process tree
 - :mod:`servelab.exercises`  friendly checks for the exercises
+- :mod:`servelab.microbench` matmul throughput of this machine (the setup chapter)
+- :mod:`servelab.student`    writes the student edition (solutions removed)
 """
 
 __version__ = "0.1.0"
