@@ -17,11 +17,15 @@ def matmul_flops(n: int) -> int:
     return 2 * n**3
 
 
-def measure_matmul_gflops(n: int = 1024, threads: int = 1, *, max_seconds: float = 1.0) -> float:
-    """Median GFLOP/s of an ``n``×``n`` float32 ``torch.mm`` using ``threads`` intra-op threads.
+def time_matmul(
+    n: int = 1024, threads: int = 1, *, max_seconds: float = 2.0, sample_seconds: float = 0.05
+) -> stats.Timing:
+    """Seconds per ``n``×``n`` float32 ``torch.mm`` using ``threads`` intra-op threads.
 
-    The previous torch thread count is restored afterwards, so calling this
-    does not change later measurements in the same process.
+    Each sample averages enough calls to last ``sample_seconds`` and at least 10 samples are taken,
+    so a point spans half a second or more: long enough for
+    :class:`servelab.contention.OutsideLoad`, which counts in 10 ms ticks, to see a burst
+    from another program. The previous torch thread count is restored afterwards.
     """
     import torch
 
@@ -34,10 +38,32 @@ def measure_matmul_gflops(n: int = 1024, threads: int = 1, *, max_seconds: float
         a = torch.randn(n, n, generator=generator)
         b = torch.randn(n, n, generator=generator)
         out = torch.empty(n, n)
-        timing = stats.repeat_until_stable(lambda: torch.mm(a, b, out=out), max_seconds=max_seconds)
+        one_call = stats.time_call(lambda: torch.mm(a, b, out=out), warmup=1, repeats=1).best
+        inner = max(1, round(sample_seconds / max(one_call, 1e-6)))
+        return stats.repeat_until_stable(
+            lambda: torch.mm(a, b, out=out),
+            warmup=0,
+            inner=inner,
+            min_repeats=10,
+            max_repeats=30,
+            rel_spread=0.05,
+            max_seconds=max_seconds,
+        )
     finally:
         torch.set_num_threads(previous)
-    return matmul_flops(n) / timing.median / 1e9
+
+
+def gflops(n: int, seconds: float) -> float:
+    """Throughput in GFLOP/s of one ``n``×``n`` matmul that took ``seconds``."""
+    return matmul_flops(n) / seconds / 1e9
+
+
+def measure_matmul_gflops(n: int = 1024, threads: int = 1, **timing_options: float) -> float:
+    """Median GFLOP/s of an ``n``×``n`` float32 ``torch.mm`` using ``threads`` threads.
+
+    ``timing_options`` (``max_seconds``, ``sample_seconds``) pass through to :func:`time_matmul`.
+    """
+    return gflops(n, time_matmul(n, threads, **timing_options).median)
 
 
 @dataclass(frozen=True)
@@ -45,24 +71,25 @@ class ThreadPoint:
     """Matmul throughput at one thread count, with the outside load seen while measuring."""
 
     threads: int
-    gflops: float
+    gflops: float  # from the median repetition
+    peak_gflops: float  # from the fastest repetition: what the cores can do when nothing interrupts
     outside_cores: float
     contended: bool
 
 
 def matmul_thread_scaling(
-    n: int = 1024, max_threads: int | None = None, *, max_seconds: float = 1.0
+    n: int = 1024, max_threads: int | None = None, **timing_options: float
 ) -> list[ThreadPoint]:
     """Matmul GFLOP/s at 1..``max_threads`` threads (default: the usable cores).
 
     Each point is retried while other programs load the machine
-    (:func:`servelab.contention.measure_uncontended`).
+    (:func:`servelab.contention.measure_uncontended`). ``timing_options`` pass through
+    to :func:`time_matmul`.
     """
     max_threads = max_threads or hardware.usable_cores()
     points = []
     for threads in range(1, max_threads + 1):
-        measured = contention.measure_uncontended(
-            lambda: measure_matmul_gflops(n, threads, max_seconds=max_seconds)
-        )
-        points.append(ThreadPoint(threads, measured.value, measured.outside_cores, measured.contended))
+        measured = contention.measure_uncontended(lambda: time_matmul(n, threads, **timing_options))
+        median, peak = gflops(n, measured.value.median), gflops(n, measured.value.best)
+        points.append(ThreadPoint(threads, median, peak, measured.outside_cores, measured.contended))
     return points
