@@ -1,0 +1,464 @@
+"""Threads or processes? Server set-ups measured side by side on this CPU.
+
+A *set-up* is one way to run the same Flask app under gunicorn: one worker,
+N worker processes, N processes forked after loading the model
+(``--preload``), or one process with N threads. For each running set-up we
+measure, one server at a time:
+
+- throughput and latency under closed-loop load (:func:`measure_load`),
+- the cores the whole server tree used: the delta of its CPU-seconds over
+  the run's wall time (:meth:`servelab.servers.Server.cpu_seconds`),
+- the tree's memory: RSS, PSS and USS, summed over all its processes and
+  over the workers alone (:func:`measure_memory`).
+
+:func:`measure_setup` does all of this for one set-up and stops its server,
+even when a measurement fails.
+Taught in: chapters/02_gil.ipynb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import contextlib
+import json
+import statistics
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from servelab import contention, load, memory, servers, stats
+
+MiB = memory.MiB
+JSON_HEADERS = {"Content-Type": "application/json"}
+#: Iterations of pure-Python work in the app's ``/pyloop`` handler; every set-up passes it to its server.
+PYLOOP_ITERS = 150_000
+
+
+def predict_body(batch: int = 1, python_work: int = 0) -> bytes:
+    """A /predict request body: a synthetic batch made on the server, plus optional pure-Python work."""
+    payload: dict[str, int] = {"batch": batch}
+    if python_work:
+        payload["python_work"] = int(python_work)
+    return json.dumps(payload).encode()
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One way to run the app: gunicorn workers × threads, preload or not, torch threads, extra env.
+
+    ``kind`` names the concept for colours and prose: ``single``, ``threads``,
+    ``processes`` or ``preload``.
+    """
+
+    label: str
+    kind: str
+    workers: int = 1
+    threads: int = 1
+    preload: bool = False
+    gc_freeze: bool = False
+    torch_threads: int | str = 1
+    app: str = "servelab.apps.predict:app"
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def start(self) -> servers.Server:
+        """Start this set-up's server and wait until every worker is ready (a context manager)."""
+        env = {**self.env, "SERVELAB_PYLOOP_ITERS": str(PYLOOP_ITERS)}  # calibrate_mixed_work relies on it
+        return servers.gunicorn(self.app, workers=self.workers, threads=self.threads, preload=self.preload,
+                                gc_freeze=self.gc_freeze, torch_threads=self.torch_threads, env=env)
+
+    def with_(self, label: str, **changes: object) -> "Setup":
+        """A copy with some settings changed (``env`` entries are added to the existing ones)."""
+        env = {**self.env, **changes.pop("env", {})}  # type: ignore[dict-item]
+        return dataclasses.replace(self, label=label, env=env, **changes)
+
+
+def standard_setups(n: int, env: Mapping[str, str] | None = None) -> dict[str, Setup]:
+    """The chapter's four set-ups for ``n`` cores: 1 worker, n threads, n processes, n preloaded processes."""
+    env = dict(env or {})
+    return {
+        "single": Setup("1 worker", "single", env=env),
+        "threads": Setup(f"1 process × {n} threads", "threads", threads=n, env=env),
+        "processes": Setup(f"{n} processes", "processes", workers=n, env=env),
+        "preload": Setup(f"{n} processes, --preload", "preload", workers=n, preload=True, env=env),
+    }
+
+
+# --------------------------------------------------------------------------- load
+
+
+@dataclass
+class LoadPoint:
+    """One closed-loop load run against one server. Times in seconds."""
+
+    setup: str
+    path: str
+    concurrency: int
+    python_work: int
+    batch: int
+    throughput: float  # successful answers per second
+    p50: float
+    p99: float
+    server_cores: float  # the server tree's CPU-seconds per wall second
+    client_cores: float  # the load generator's
+    outside_cores: float  # other programs'
+    contended: bool
+    completed: int
+    errors: int
+    tool: str
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Server CPU time per answered request, in ms."""
+        return 1e3 * self.server_cores / self.throughput if self.throughput > 0 else float("nan")
+
+    def row(self) -> dict[str, object]:
+        """The point as a table row (ms and cores)."""
+        return {
+            "set-up": self.setup, "path": self.path, "batch": self.batch if self.path == "/predict" else "",
+            "concurrency": self.concurrency, "req/s": round(self.throughput, 1), "p50 ms": round(1e3 * self.p50, 2), "p99 ms": round(1e3 * self.p99, 2),
+            "server cores": round(self.server_cores, 2), "client cores": round(self.client_cores, 2),
+            "CPU ms/req": round(self.cpu_ms_per_request, 2), "other programs' cores": round(self.outside_cores, 2),
+            "errors": self.errors,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to send: ``path`` at ``concurrency`` (``/predict``: ``batch`` rows, ``python_work`` iterations)."""
+
+    path: str = "/predict"
+    concurrency: int = 1
+    python_work: int = 0
+    batch: int = 1
+
+    def body(self) -> bytes | None:
+        """The POST body for /predict; None (a GET) for other paths."""
+        return predict_body(self.batch, self.python_work) if self.path == "/predict" else None
+
+
+@dataclass
+class _Run:
+    result: load.LoadResult
+    cpu_s: float  # the server tree's CPU-seconds during the run
+    wall_s: float
+    outside_cores: float
+    contended: bool
+
+
+def _one_load_run(server: servers.Server, spec: LoadSpec, duration_s: float, warmup_s: float
+                  ) -> tuple[load.LoadResult, float, float]:
+    body = spec.body()
+    kwargs = dict(concurrency=spec.concurrency, method="POST" if body else "GET", body=body,
+                  headers=JSON_HEADERS if body else None)
+    url = server.url + spec.path
+    if warmup_s > 0:  # a separate run, so the CPU delta below covers the measured run only
+        load.closed_loop(url, duration_s=warmup_s, **kwargs)
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+    result = load.closed_loop(url, duration_s=duration_s, **kwargs)
+    return result, server.cpu_seconds() - cpu0, time.perf_counter() - t0
+
+
+def _measured_run(server: servers.Server, spec: LoadSpec, duration_s: float, warmup_s: float, retries: int) -> _Run:
+    measured = contention.measure_uncontended(lambda: _one_load_run(server, spec, duration_s, warmup_s),
+                                              retries=retries)
+    result, cpu_s, wall_s = measured.value
+    return _Run(result, cpu_s, wall_s, measured.outside_cores, measured.contended)
+
+
+def _load_point(setup: str, spec: LoadSpec, runs: Sequence[_Run]) -> LoadPoint:
+    """One point from one or more runs: requests and seconds add up, latencies are pooled."""
+    results = [r.result for r in runs]
+    duration = sum(r.duration_s for r in results)
+    summary = stats.summarize(np.concatenate([r.latencies for r in results]))
+    return LoadPoint(
+        setup=setup, path=spec.path, concurrency=spec.concurrency, python_work=spec.python_work, batch=spec.batch,
+        throughput=sum(r.succeeded for r in results) / duration, p50=summary.p50, p99=summary.p99,
+        server_cores=sum(r.cpu_s for r in runs) / sum(r.wall_s for r in runs),
+        client_cores=sum(r.client_cpu_cores * r.duration_s for r in results) / duration,
+        outside_cores=max(r.outside_cores for r in runs), contended=any(r.contended for r in runs),
+        completed=sum(r.completed for r in results), errors=sum(r.errors for r in results), tool=results[0].tool,
+    )  # fmt: skip
+
+
+def measure_load(server: servers.Server, *, setup: str = "", path: str = "/predict", concurrency: int = 1,
+                 duration_s: float = 1.0, warmup_s: float = 0.3, python_work: int = 0, batch: int = 1,
+                 retries: int = 2) -> LoadPoint:
+    """Closed-loop load on ``server`` at ``path``; throughput, p50/p99, cores of server and client.
+
+    ``/predict`` gets a POST with a synthetic ``batch`` of rows (plus
+    ``python_work`` iterations of pure-Python work); other paths a GET.
+    The run is repeated (up to ``retries`` times) while other programs take
+    CPU (:func:`servelab.contention.measure_uncontended`).
+    """
+    spec = LoadSpec(path, concurrency, python_work, batch)
+    return _load_point(setup, spec, [_measured_run(server, spec, duration_s, warmup_s, retries)])
+
+
+def measure_interleaved(running: Mapping[str, servers.Server], spec: LoadSpec, *, duration_s: float = 1.0,
+                        warmup_s: float = 0.3, rounds: int = 2, retries: int = 2) -> dict[str, LoadPoint]:
+    """The same load on several running servers, one at a time, alternating in ``rounds`` short runs.
+
+    Each server gets ``duration_s`` in total, split into ``rounds`` runs taken
+    A, B, A, B, …: a machine that is faster for a few seconds favours every
+    server alike, so their ratio is steadier than from runs far apart.
+    """
+    runs: dict[str, list[_Run]] = {label: [] for label in running}
+    for i in range(rounds):
+        for label, server in running.items():
+            runs[label].append(_measured_run(server, spec, duration_s / rounds, warmup_s if i == 0 else 0.0, retries))
+    return {label: _load_point(label, spec, r) for label, r in runs.items()}
+
+
+# --------------------------------------------------------------------------- memory
+
+
+@dataclass
+class MemorySnapshot:
+    """A server tree's memory: every process, and which of them are workers."""
+
+    setup: str
+    tree: memory.TreeMemory
+    worker_pids: list[int]
+
+    @property
+    def workers(self) -> list[memory.ProcessMemory]:
+        """The workers' entries (gunicorn's master excluded)."""
+        return [p for p in self.tree.processes if p.pid in self.worker_pids]
+
+    def total_mib(self, kind: str = "pss") -> float:
+        """The whole tree's summed ``rss``, ``pss`` or ``uss``, in MiB."""
+        return getattr(self.tree, kind) / MiB
+
+    def workers_mib(self, kind: str = "pss") -> float:
+        """The workers' summed ``rss``, ``pss`` or ``uss``, in MiB."""
+        return sum(getattr(p, kind) for p in self.workers) / MiB
+
+    def row(self) -> dict[str, object]:
+        """Tree totals and worker sums in MiB, as a table row."""
+        return {
+            "set-up": self.setup, "processes": len(self.tree.processes), "workers": len(self.workers),
+            "RSS MiB": round(self.total_mib("rss")), "PSS MiB": round(self.total_mib("pss")),
+            "USS MiB": round(self.total_mib("uss")), "workers' RSS MiB": round(self.workers_mib("rss")),
+            "workers' PSS MiB": round(self.workers_mib("pss")),
+        }  # fmt: skip
+
+
+def measure_memory(server: servers.Server, setup: str = "") -> MemorySnapshot:
+    """RSS, PSS and USS of every process of ``server`` (from /proc/PID/smaps_rollup)."""
+    return MemorySnapshot(setup, server.memory(), list(server.worker_pids))
+
+
+def profiler_memory_mib(server: servers.Server) -> dict[str, float]:
+    """The tree's memory by ``memory_profiler.memory_usage`` with each backend, in MiB.
+
+    Keys ``psutil`` (RSS, the default), ``psutil_pss`` and ``psutil_uss``; the
+    root is gunicorn's master, its children are summed in.
+    """
+    root = server.pids[0]
+    return {backend: memory.profiler_memory(root, backend) for backend in ("psutil", "psutil_pss", "psutil_uss")}
+
+
+def predicted_pss_mib(shared_mib: float, private_mib_per_worker: float, workers: int, master_mib: float = 0.0) -> float:
+    """PSS of ``workers`` forked workers: shared pages count once, private ones once per worker."""
+    return master_mib + shared_mib + workers * private_mib_per_worker
+
+
+# --------------------------------------------------------------------------- a whole set-up
+
+
+@dataclass
+class MixedWork:
+    """How many pure-Python iterations make a handler's Python share ``share`` of its time.
+
+    Calibrated on a running server from sequential requests: the time of
+    ``/pyloop`` and ``/predict`` minus that of ``/health`` (the HTTP and
+    Flask overhead they all pay).
+    """
+
+    seconds_per_iteration: float
+    torch_seconds: float
+    iterations: dict[float, int]  # share -> python_work iterations
+
+    def python_seconds(self, share: float) -> float:
+        """Seconds of pure-Python work per request at ``share``."""
+        return self.iterations[share] * self.seconds_per_iteration
+
+
+def _median_seconds(url: str, body: bytes | None, n: int) -> float:
+    times = []
+    for _ in range(n):
+        req = urllib.request.Request(url, data=body, headers=JSON_HEADERS if body else {})
+        t0 = time.perf_counter()
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            resp.read()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def calibrate_mixed_work(server: servers.Server, shares: Sequence[float], requests: int = 9) -> MixedWork:
+    """Choose ``python_work`` iterations so that Python takes each share of a /predict handler's time."""
+    if not all(0 < s < 1 for s in shares):
+        raise ValueError(f"shares must lie strictly between 0 and 1, got {list(shares)}")
+    _median_seconds(server.url + "/predict", predict_body(), 2)  # warm-up
+    overhead = _median_seconds(server.url + "/health", None, requests)
+    per_iteration = max(_median_seconds(server.url + "/pyloop", None, requests) - overhead, 1e-6) / PYLOOP_ITERS
+    torch_s = max(_median_seconds(server.url + "/predict", predict_body(), requests) - overhead, 1e-6)
+    iterations = {s: round(s / (1 - s) * torch_s / per_iteration) for s in shares}
+    return MixedWork(per_iteration, torch_s, iterations)
+
+
+@dataclass
+class SetupResult:
+    """Everything measured on one running set-up."""
+
+    setup: Setup
+    points: list[LoadPoint]
+    memory: MemorySnapshot
+    profiler_mib: dict[str, float] | None = None
+    mixed: MixedWork | None = None
+
+    def point(self, path: str = "/predict", concurrency: int | None = None, python_work: int = 0,
+              batch: int = 1) -> LoadPoint:
+        """The load point at ``path``/``concurrency``/``python_work``/``batch`` (the highest concurrency if None)."""
+        found = [p for p in self.points if p.path == path and p.python_work == python_work
+                 and (p.batch == batch or path != "/predict")
+                 and (concurrency is None or p.concurrency == concurrency)]  # fmt: skip
+        if not found:
+            raise KeyError(f"{self.setup.label}: no point at {path}, concurrency {concurrency}, "
+                           f"python_work {python_work}, batch {batch}")
+        return max(found, key=lambda p: p.concurrency)
+
+
+def _warm_up(server: servers.Server, concurrency: int, duration_s: float) -> None:
+    """A burst of predictions at ``concurrency``, so every worker and thread has served requests."""
+    load.closed_loop(server.url + "/predict", concurrency=concurrency, duration_s=max(duration_s, 0.1),
+                     method="POST", body=predict_body(), headers=JSON_HEADERS)
+
+
+def measure_setups(
+    setups: Sequence[Setup],
+    *,
+    concurrencies: Sequence[int] = (1,),
+    duration_s: float = 1.0,
+    warmup_s: float = 0.3,
+    rounds: int = 1,
+    pyloop_concurrency: int | None = None,
+    mixed_shares: Sequence[float] = (),
+    mixed: MixedWork | None = None,
+    mixed_concurrency: int | None = None,
+    batch_points: Sequence[tuple[int, int]] = (),
+    profiler: Sequence[str] = (),
+    retries: int = 2,
+) -> list[SetupResult]:
+    """Measure one or two set-ups side by side; every server is stopped at the end, also on errors.
+
+    Load points: ``/pyloop`` at ``pyloop_concurrency`` if given; ``/predict``
+    at each of ``concurrencies``; mixed handlers (Python share of the
+    handler's time in ``mixed_shares``, calibrated on the first set-up unless
+    ``mixed`` is given) at ``mixed_concurrency``; bigger ``/predict`` batches
+    at each ``(batch, concurrency)`` of ``batch_points``. With two set-ups both
+    servers run, only one gets load at a time, and each point is taken in
+    ``rounds`` alternating runs (:func:`measure_interleaved`).
+
+    Memory (and ``memory_profiler``'s view of it for the set-ups labelled in
+    ``profiler``) is read
+    while a server runs alone, after it has served a burst at the highest
+    concurrency: PSS splits shared-library pages among every process that
+    maps them, so a neighbour would lower it. The first server is read before
+    the second starts, the second after the first has stopped.
+    """
+    if not 1 <= len(setups) <= 2 or len({s.label for s in setups}) != len(setups):
+        raise ValueError("measure one set-up, or two with distinct labels, at a time")
+    specs = ([LoadSpec("/pyloop", pyloop_concurrency)] if pyloop_concurrency else []) + [
+        LoadSpec("/predict", c) for c in concurrencies] + [LoadSpec("/predict", c, batch=b) for b, c in batch_points]
+    burst = max([*concurrencies, *(c for _, c in batch_points), 1])
+    memories: dict[str, MemorySnapshot] = {}
+    profiles: dict[str, dict[str, float] | None] = {}
+
+    def read_memory(setup: Setup, server: servers.Server) -> None:
+        memories[setup.label] = measure_memory(server, setup.label)
+        profiles[setup.label] = profiler_memory_mib(server) if setup.label in profiler else None
+
+    stopped: list[servers.Server] = []
+
+    def stop_once(server: servers.Server) -> None:  # stopping twice could signal a reused process group
+        if all(s is not server for s in stopped):
+            stopped.append(server)
+            server.stop()
+
+    with contextlib.ExitStack() as stack:
+        running: dict[str, servers.Server] = {}
+        for setup in setups:
+            running[setup.label] = server = setup.start()
+            stack.callback(stop_once, server)
+            _warm_up(server, burst, warmup_s)
+            if len(running) == 1:
+                read_memory(setup, server)
+        if mixed_shares and mixed is None:
+            mixed = calibrate_mixed_work(running[setups[0].label], mixed_shares)
+        specs += [LoadSpec("/predict", mixed_concurrency or max(concurrencies), python_work=mixed.iterations[share])
+                  for share in mixed_shares]  # type: ignore[union-attr]
+        points: dict[str, list[LoadPoint]] = {label: [] for label in running}
+        for spec in specs:
+            measured = measure_interleaved(running, spec, duration_s=duration_s, warmup_s=warmup_s, rounds=rounds,
+                                           retries=retries)
+            for label, point in measured.items():
+                points[label].append(point)
+        if len(setups) == 2:
+            stop_once(running[setups[0].label])
+            read_memory(setups[1], running[setups[1].label])
+    return [SetupResult(s, points[s.label], memories[s.label], profiles[s.label], mixed) for s in setups]
+
+
+def measure_setup(setup: Setup, **kwargs: object) -> SetupResult:
+    """Start one set-up, measure it (see :func:`measure_setups` for the options), stop it."""
+    return measure_setups([setup], **kwargs)[0]  # type: ignore[arg-type]
+
+
+def memory_of(setup: Setup, requests: int = 3) -> MemorySnapshot:
+    """Start ``setup``, send a few predictions (so workers run their request path), measure memory, stop."""
+    with setup.start() as server:
+        for _ in range(requests):
+            _median_seconds(server.url + "/predict", predict_body(), 1)
+        return measure_memory(server, setup.label)
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def table(rows: Sequence[Mapping[str, object]]) -> str:
+    """Rows of equal keys as a Markdown table (for ``IPython.display.Markdown``)."""
+    from tabulate import tabulate
+
+    return tabulate([dict(r) for r in rows], headers="keys", tablefmt="github", floatfmt=".2f")
+
+
+def profiler_comparison(result: SetupResult) -> list[dict[str, object]]:
+    """memory_profiler's three backends next to psutil's sums over the same tree (MiB)."""
+    if result.profiler_mib is None:
+        raise ValueError(f"{result.setup.label} was measured without memory_profiler (see measure_setups)")
+    ours = {"psutil": "rss", "psutil_pss": "pss", "psutil_uss": "uss"}
+    return [
+        {"memory_profiler backend": backend, "measures": kind.upper(),
+         "memory_profiler MiB": round(mib, 1), "psutil summed MiB": round(result.memory.total_mib(kind), 1),
+         "difference %": round(100 * (mib / result.memory.total_mib(kind) - 1), 1)}
+        for backend, kind in ours.items() for mib in [result.profiler_mib[backend]]
+    ]  # fmt: skip
+
+
+def grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float]], colors: Sequence[str], *,
+                 fmt: str = "{:.0f}", alphas: Sequence[float] | None = None, hatches: Sequence[str] | None = None
+                 ) -> None:  # noqa: ANN001 - a matplotlib Axes
+    """Bars for each group (x) and series (side by side), each labelled with its value."""
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        bars = ax.bar(xs, values, width, label=name, color=colors[i % len(colors)],
+                      alpha=alphas[i] if alphas else 1.0, hatch=hatches[i] if hatches else None,
+                      edgecolor="white")  # fmt: skip
+        ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=8, padding=2)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.margins(y=0.15)
