@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_signal = getattr(signal, f"SIG{args.stop_signal.upper().removeprefix('SIG')}")
     child = subprocess.Popen(cmd)
     while not _stop_requested and child.poll() is None and os.getppid() == parent:
-        time.sleep(0.2)
+        time.sleep(0.05)
     return _shutdown(child, stop_signal, args.grace)
 
 
