@@ -5,12 +5,20 @@ the model's width, or ``{"batch": n}`` for a synthetic input made on the
 server (cheap to send, so the load test measures the model, not JSON
 parsing). ``"python_work": k`` adds k iterations of pure-Python work first,
 like tokenisation would, which holds the GIL.
-Taught in: chapters/02_gil.ipynb.
+
+Simulated stalls (off by default): with ``SERVELAB_SLOW_FRACTION=0.02`` a
+random 2% of ``/predict`` requests first sleep ``SERVELAB_SLOW_MS`` (default
+50) milliseconds. This stands in for what gives real servers their latency
+tail (a garbage-collection pause, a noisy neighbour on the same host, a page
+fault): the worker is stalled, not computing, so the simulation costs no CPU.
+Taught in: chapters/02_gil.ipynb, chapters/01_latency.ipynb (stalls).
 """
 
 from __future__ import annotations
 
 import os
+import random
+import time
 
 import torch
 from flask import jsonify, request
@@ -19,6 +27,10 @@ from servelab.apps.common import MODEL, configure_torch_threads, env_int, json_e
 
 MAX_BATCH = 256
 PYLOOP_ITERS = env_int("SERVELAB_PYLOOP_ITERS", 150_000)
+SLOW_FRACTION = float(os.environ.get("SERVELAB_SLOW_FRACTION", "0"))
+SLOW_MS = float(os.environ.get("SERVELAB_SLOW_MS", "50"))
+if not (0.0 <= SLOW_FRACTION <= 1.0 and SLOW_MS >= 0.0):
+    raise ValueError("SERVELAB_SLOW_FRACTION must be in [0, 1] and SERVELAB_SLOW_MS >= 0")
 
 configure_torch_threads()
 if os.environ.get("SERVELAB_MODEL_LOAD", "import") == "import":
@@ -33,6 +45,14 @@ def python_work(iterations: int) -> int:
     for i in range(iterations):
         total += i * i % 7
     return total
+
+
+def simulated_stall_s(fraction: float, stall_ms: float, draw: float) -> float:
+    """Seconds a request stalls: ``stall_ms`` if ``draw`` (uniform in [0, 1)) falls below ``fraction``.
+
+    Taught in: chapters/01_latency.ipynb.
+    """
+    return stall_ms / 1e3 if draw < fraction else 0.0
 
 
 class BadInput(ValueError):
@@ -73,6 +93,9 @@ def predict():  # noqa: ANN201
             raise BadInput('"python_work" must be an integer from 0 to 10000000')
     except BadInput as exc:
         return json_error(422, str(exc))
+    stall = simulated_stall_s(SLOW_FRACTION, SLOW_MS, random.random())
+    if stall:
+        time.sleep(stall)  # random reseeds after fork, so workers stall independently
     python_work(work)
     with torch.inference_mode():
         y = MODEL.load()(x)
