@@ -7,9 +7,12 @@ bounded by. Taught in: chapters/00_setup.ipynb.
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
+from typing import Callable
 
-from servelab import contention, hardware, stats
+from servelab import contention, hardware
 
 
 def matmul_flops(n: int) -> int:
@@ -17,53 +20,59 @@ def matmul_flops(n: int) -> int:
     return 2 * n**3
 
 
-def time_matmul(
-    n: int = 1024, threads: int = 1, *, max_seconds: float = 2.0, sample_seconds: float = 0.05
-) -> stats.Timing:
-    """Seconds per ``n``×``n`` float32 ``torch.mm`` using ``threads`` intra-op threads.
+def gflops(n: int, seconds: float) -> float:
+    """Throughput in GFLOP/s of one ``n``×``n`` matmul that took ``seconds``."""
+    return matmul_flops(n) / seconds / 1e9
 
-    Each sample averages enough calls to last ``sample_seconds`` and at least 10 samples are taken,
-    so a point spans half a second or more: long enough for
-    :class:`servelab.contention.OutsideLoad`, which counts in 10 ms ticks, to see a burst
-    from another program. The previous torch thread count is restored afterwards.
+
+def _matmul(n: int) -> Callable[[], object]:
+    """A zero-argument function multiplying two fixed random ``n``×``n`` float32 matrices."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator)
+    b = torch.randn(n, n, generator=generator)
+    out = torch.empty(n, n)
+    return lambda: torch.mm(a, b, out=out)
+
+
+def _seconds_per_call(fn: Callable[[], object], threads: int, calls: int) -> float:
+    """Mean seconds per call of ``fn`` over ``calls`` calls with ``threads`` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def _calls_per_sample(fn: Callable[[], object], threads: int, sample_seconds: float) -> int:
+    """How many calls last about ``sample_seconds`` (after one warm-up call)."""
+    _seconds_per_call(fn, threads, 1)
+    one = _seconds_per_call(fn, threads, 1)
+    return max(1, round(sample_seconds / max(one, 1e-6)))
+
+
+def measure_matmul_gflops(
+    n: int = 1024, threads: int = 1, *, samples: int = 10, sample_seconds: float = 0.05
+) -> float:
+    """Median GFLOP/s of an ``n``×``n`` float32 ``torch.mm`` using ``threads`` intra-op threads.
+
+    The previous torch thread count is restored afterwards.
     """
     import torch
 
     if n < 1 or threads < 1:
         raise ValueError(f"need n >= 1 and threads >= 1, got n={n}, threads={threads}")
     previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        generator = torch.Generator().manual_seed(0)
-        a = torch.randn(n, n, generator=generator)
-        b = torch.randn(n, n, generator=generator)
-        out = torch.empty(n, n)
-        one_call = stats.time_call(lambda: torch.mm(a, b, out=out), warmup=1, repeats=1).best
-        inner = max(1, round(sample_seconds / max(one_call, 1e-6)))
-        return stats.repeat_until_stable(
-            lambda: torch.mm(a, b, out=out),
-            warmup=0,
-            inner=inner,
-            min_repeats=10,
-            max_repeats=30,
-            rel_spread=0.05,
-            max_seconds=max_seconds,
-        )
+        fn = _matmul(n)
+        calls = _calls_per_sample(fn, threads, sample_seconds)
+        seconds = [_seconds_per_call(fn, threads, calls) for _ in range(samples)]
     finally:
         torch.set_num_threads(previous)
-
-
-def gflops(n: int, seconds: float) -> float:
-    """Throughput in GFLOP/s of one ``n``×``n`` matmul that took ``seconds``."""
-    return matmul_flops(n) / seconds / 1e9
-
-
-def measure_matmul_gflops(n: int = 1024, threads: int = 1, **timing_options: float) -> float:
-    """Median GFLOP/s of an ``n``×``n`` float32 ``torch.mm`` using ``threads`` threads.
-
-    ``timing_options`` (``max_seconds``, ``sample_seconds``) pass through to :func:`time_matmul`.
-    """
-    return gflops(n, time_matmul(n, threads, **timing_options).median)
+    return gflops(n, statistics.median(seconds))
 
 
 @dataclass(frozen=True)
@@ -71,25 +80,43 @@ class ThreadPoint:
     """Matmul throughput at one thread count, with the outside load seen while measuring."""
 
     threads: int
-    gflops: float  # from the median repetition
-    peak_gflops: float  # from the fastest repetition: what the cores can do when nothing interrupts
-    outside_cores: float
-    contended: bool
+    gflops: float  # from the median round
+    peak_gflops: float  # from the fastest round: what the cores do when nothing interrupts them
+    outside_cores: float  # the most any round saw other programs take
+    contended: bool  # some round stayed contended after its retries
 
 
 def matmul_thread_scaling(
-    n: int = 1024, max_threads: int | None = None, **timing_options: float
+    n: int = 1024, max_threads: int | None = None, *, rounds: int = 8, sample_seconds: float = 0.1
 ) -> list[ThreadPoint]:
     """Matmul GFLOP/s at 1..``max_threads`` threads (default: the usable cores).
 
-    Each point is retried while other programs load the machine
-    (:func:`servelab.contention.measure_uncontended`). ``timing_options`` pass through
-    to :func:`time_matmul`.
+    Thread counts are measured side by side: each round takes one sample (about
+    ``sample_seconds``) at every thread count, so a slow spell on a shared machine
+    lands on all of them rather than on one point. A round during which other
+    programs took CPU is measured again (:func:`servelab.contention.measure_uncontended`).
+    The previous torch thread count is restored afterwards.
     """
+    import torch
+
     max_threads = max_threads or hardware.usable_cores()
+    if n < 1 or max_threads < 1 or rounds < 1:
+        raise ValueError(f"need n, max_threads and rounds >= 1, got {n}, {max_threads}, {rounds}")
+    counts = range(1, max_threads + 1)
+    previous = torch.get_num_threads()
+    try:
+        fn = _matmul(n)
+        calls = {t: _calls_per_sample(fn, t, sample_seconds) for t in counts}
+        one_round = lambda: {t: _seconds_per_call(fn, t, calls[t]) for t in counts}  # noqa: E731
+        # Two retries a round bound the worst case on a busy machine to about 3 × rounds samples.
+        measured = [contention.measure_uncontended(one_round, retries=2) for _ in range(rounds)]
+    finally:
+        torch.set_num_threads(previous)
+    outside = max(m.outside_cores for m in measured)
+    contended = any(m.contended for m in measured)
     points = []
-    for threads in range(1, max_threads + 1):
-        measured = contention.measure_uncontended(lambda: time_matmul(n, threads, **timing_options))
-        median, peak = gflops(n, measured.value.median), gflops(n, measured.value.best)
-        points.append(ThreadPoint(threads, median, peak, measured.outside_cores, measured.contended))
+    for t in counts:
+        seconds = [m.value[t] for m in measured]
+        median, fastest = gflops(n, statistics.median(seconds)), gflops(n, min(seconds))
+        points.append(ThreadPoint(t, median, fastest, outside, contended))
     return points
