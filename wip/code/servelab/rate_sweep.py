@@ -1,0 +1,245 @@
+"""Open-loop rate sweeps: p99 latency against offered rate, and the highest rate under an SLO.
+
+Each point sends Poisson traffic at one rate with :func:`servelab.load.open_loop`
+(latency measured from the scheduled send, unfinished requests counted as
+infinite), records the CPU other programs took meanwhile, and measures the
+point again if they took too much. A sweep goes up a list of rates and stops
+once p99 is far past the SLO: past saturation every point only adds a longer
+queue, and seconds of waiting.
+Taught in: chapters/04_batching.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from servelab import contention, load
+from servelab.servers import Server
+
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+@dataclass(frozen=True)
+class RatePoint:
+    """One open-loop run at one offered rate. Times in seconds."""
+
+    rate: float
+    sent: int
+    answered: int
+    unfinished: int
+    errors: int
+    latencies: int  # how many latencies were recorded (one per sent request)
+    infinite: int  # how many of them are infinite (unfinished, or no HTTP answer)
+    achieved_rate: float
+    p50_s: float
+    p99_s: float
+    send_lag_p99_s: float
+    client_cpu_cores: float
+    server_cores: float
+    outside_cores: float
+    contended: bool
+    attempts: int
+    batch_stats: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def lost(self) -> int:
+        """Requests neither answered nor counted as unfinished (must be 0)."""
+        return self.sent - self.answered - self.unfinished
+
+    @property
+    def accounted(self) -> bool:
+        """Every sent request has a latency, and every unfinished one an infinite latency."""
+        return self.lost == 0 and self.latencies == self.sent and self.infinite >= self.unfinished
+
+    def meets(self, slo_s: float) -> bool:
+        """p99 within the SLO, with every request answered without error."""
+        return self.p99_s <= slo_s and self.unfinished == 0 and self.errors == 0
+
+
+@dataclass(frozen=True)
+class ClosedPoint:
+    """One closed-loop run at one concurrency. Times in seconds."""
+
+    concurrency: int
+    throughput: float
+    mean_s: float
+    p50_s: float
+    p99_s: float
+    completed: int
+    errors: int
+    tool: str
+    outside_cores: float
+    contended: bool
+
+
+def measure_closed(
+    server: Server,
+    concurrency: int,
+    *,
+    path: str = "/predict",
+    body: bytes = b'{"batch": 1}',
+    duration_s: float = 1.5,
+    warmup_s: float = 0.3,
+    retries: int = 1,
+) -> ClosedPoint:
+    """Closed-loop load (wrk when installed) at one concurrency, measured again if other programs were busy."""
+
+    def attempt() -> load.LoadResult:
+        return load.closed_loop(server.url + path, concurrency=concurrency, duration_s=duration_s, method="POST",
+                                body=body, headers=JSON_HEADERS, warmup_s=warmup_s)  # fmt: skip
+
+    measured = contention.measure_uncontended(attempt, retries=retries, pause=0.2)
+    result = measured.value
+    summary = result.summary()
+    return ClosedPoint(concurrency, result.throughput, summary.mean, summary.p50, summary.p99, result.completed,
+                       result.errors, result.tool, measured.outside_cores, measured.contended)  # fmt: skip
+
+
+def geometric_rates(start: float, stop: float, count: int) -> list[float]:
+    """``count`` rates from ``start`` to ``stop``, evenly spaced on a log scale."""
+    if count < 2:
+        return [float(start)]
+    return [float(r) for r in np.geomspace(start, stop, count)]
+
+
+def measure_rate(
+    server: Server,
+    rate: float,
+    *,
+    path: str = "/predict",
+    body: bytes = b'{"batch": 1}',
+    duration_s: float = 3.0,
+    warmup_s: float = 0.3,
+    grace_s: float = 1.0,
+    seed: int = 0,
+    retries: int = 1,
+    before: Callable[[], None] | None = None,
+    after: Callable[[], dict[str, Any]] | None = None,
+) -> RatePoint:
+    """Open-loop load on ``server`` at ``rate``/s, measured again if other programs were busy.
+
+    ``before()`` runs before each attempt (e.g. reset the server's statistics)
+    and ``after()`` returns extra statistics to keep with the point.
+    """
+
+    def attempt() -> tuple[load.OpenLoopResult, float, dict[str, Any]]:
+        if before:
+            before()
+        cpu0, t0 = server.cpu_seconds(), time.monotonic()
+        result = load.open_loop(server.url + path, rate=rate, duration_s=duration_s, body=body,
+                                headers=JSON_HEADERS, grace_s=grace_s, warmup_s=warmup_s, seed=seed)  # fmt: skip
+        server_cores = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        return result, server_cores, (after() if after else {})
+
+    measured = contention.measure_uncontended(attempt, retries=retries, pause=0.2)
+    result, server_cores, extra = measured.value
+    summary = result.summary()
+    lags = result.send_lag[np.isfinite(result.send_lag)]
+    return RatePoint(
+        rate=float(rate),
+        sent=result.sent,
+        answered=result.answered,
+        unfinished=result.unfinished,
+        errors=result.errors,
+        latencies=int(result.latencies.size),
+        infinite=int(np.isinf(result.latencies).sum()),
+        achieved_rate=result.achieved_rate,
+        p50_s=summary.p50,
+        p99_s=summary.p99,
+        send_lag_p99_s=float(np.percentile(lags, 99)) if lags.size else math.inf,
+        client_cpu_cores=result.client_cpu_cores,
+        server_cores=server_cores,
+        outside_cores=measured.outside_cores,
+        contended=measured.contended,
+        attempts=measured.attempts,
+        batch_stats=extra,
+    )
+
+
+def sweep(
+    server: Server,
+    rates: Sequence[float],
+    *,
+    slo_s: float,
+    stop_factor: float = 3.0,
+    report: Callable[[RatePoint], None] | None = None,
+    **measure_kwargs: Any,
+) -> list[RatePoint]:
+    """Measure ``rates`` in increasing order; stop after the first point whose
+    p99 exceeds ``stop_factor`` × the SLO, or that left requests unfinished:
+    past that, every point only adds a longer queue and seconds of waiting.
+
+    ``report(point)`` is called after each point (e.g. to print it).
+    """
+    points = []
+    for rate in sorted(rates):
+        point = measure_rate(server, rate, **measure_kwargs)
+        points.append(point)
+        if report:
+            report(point)
+        if point.unfinished or point.p99_s > stop_factor * slo_s:
+            break
+    return points
+
+
+_NEVER_S = 1e6  # stands in for an infinite p99 when averaging
+
+
+def monotone_fit(values: Sequence[float]) -> list[float]:
+    """The closest non-decreasing sequence (least squares): pool-adjacent-violators.
+
+    p99 can only grow with the offered rate; a point that came out lower than
+    the one before it is noise, and the fit averages the two.
+    """
+    blocks: list[list[float]] = []  # [mean, count]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, n2), (m1, n1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
+    return [m for m, n in blocks for _ in range(int(n))]
+
+
+def max_rate_under_slo(points: Sequence[RatePoint], slo_s: float) -> float:
+    """The highest offered rate whose p99 meets the SLO, from a sweep's points.
+
+    log p99 is fitted as a non-decreasing function of the rate (so one noisy
+    point does not end the curve early), then the rate where the fit crosses
+    the SLO is interpolated between the two points around it. A point that
+    left requests unfinished or failed counts as infinitely slow. 0.0 if even
+    the lowest rate misses; the highest rate measured if none does (a lower
+    bound then).
+    """
+    ordered = sorted(points, key=lambda p: p.rate)
+    if not ordered:
+        raise ValueError("no points")
+    p99s = [p.p99_s if (math.isfinite(p.p99_s) and not p.unfinished and not p.errors) else _NEVER_S for p in ordered]
+    fitted = monotone_fit([math.log(max(v, 1e-9)) for v in p99s])
+    limit = math.log(slo_s)
+    for i, value in enumerate(fitted):
+        if value <= limit:
+            continue
+        if i == 0:
+            return 0.0
+        if p99s[i] == _NEVER_S:  # the curve ends at the last rate that met the SLO
+            return ordered[i - 1].rate
+        below, above = fitted[i - 1], value
+        fraction = (limit - below) / (above - below)
+        return ordered[i - 1].rate + fraction * (ordered[i].rate - ordered[i - 1].rate)
+    return ordered[-1].rate
+
+
+def format_point(point: RatePoint) -> str:
+    """One line per point, for the notebook's running log."""
+    flags = " (contended)" if point.contended else ""
+    batch = point.batch_stats.get("mean_batch_size")
+    batch_text = f"  batch {batch:4.1f} in {point.batch_stats['batch_ms']['mean']:3.0f} ms" if batch else ""
+    return (f"{point.rate:5.0f}/s offered → {point.achieved_rate:5.1f}/s answered  "
+            f"p50 {point.p50_s * 1e3:6.1f} ms  p99 {point.p99_s * 1e3:7.1f} ms  unfinished {point.unfinished:3d}"
+            f"{batch_text}  server {point.server_cores:.2f} cores  client {point.client_cpu_cores:.2f} cores, "
+            f"send lag p99 {point.send_lag_p99_s * 1e3:.1f} ms  outside load {point.outside_cores:.2f} cores{flags}")  # fmt: skip

@@ -1,0 +1,139 @@
+"""Why batching helps: forward-pass cost against batch size, and the roofline that predicts it.
+
+A dense layer must read all its weights once per call, whatever the batch:
+at batch 1 the call is *memory-bound* (weight bytes ÷ memory bandwidth).
+The arithmetic grows with the batch: at large batches the call is
+*compute-bound* (FLOPs ÷ peak FLOP/s). The roofline model (Williams,
+Waterman and Patterson, 2009) takes the slower of the two; batching pays
+until the batch reaches the *ridge*, where both take equally long.
+Taught in: chapters/04_batching.ipynb.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from servelab import contention, microbench, stats
+from servelab.apps.mlp import build_mlp, mlp_flops, mlp_weight_bytes
+
+
+@dataclass(frozen=True)
+class ForwardCost:
+    """The median time of one forward pass of a batch, at a torch thread count."""
+
+    batch: int
+    threads: int
+    seconds: float
+    flops: int
+    weight_bytes: int
+    outside_cores: float
+    contended: bool
+
+    @property
+    def per_sample_s(self) -> float:
+        """Seconds of forward pass per input row."""
+        return self.seconds / self.batch
+
+    @property
+    def samples_per_s(self) -> float:
+        """The highest rate one forward loop can serve at this batch size."""
+        return self.batch / self.seconds
+
+    @property
+    def gflops(self) -> float:
+        """Achieved GFLOP/s."""
+        return self.flops / self.seconds / 1e9
+
+    @property
+    def arithmetic_intensity(self) -> float:
+        """FLOPs per byte of weights read (batch ÷ 2 for float32)."""
+        return self.flops / self.weight_bytes
+
+
+def measure_forward_costs(
+    batch_sizes: Sequence[int],
+    threads: Sequence[int] = (1,),
+    *,
+    width: int = 4096,
+    depth: int = 4,
+    repeats: int = 3,
+    max_seconds: float = 0.5,
+) -> list[ForwardCost]:
+    """Time the MLP's forward pass at every batch size and torch thread count.
+
+    Each point is the median of ``repeats`` calls after a warm-up call, and is
+    measured again if other programs loaded the machine meanwhile. torch's
+    thread count is restored afterwards.
+    """
+    import torch
+
+    model = build_mlp(width, depth)
+    previous = torch.get_num_threads()
+    points = []
+    try:
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for batch in batch_sizes:
+                x = torch.randn(batch, width)
+
+                def forward() -> float:
+                    with torch.inference_mode():
+                        return stats.time_call(lambda: model(x), repeats=repeats, max_seconds=max_seconds).median
+
+                m = contention.measure_uncontended(forward, retries=2, pause=0.2)
+                points.append(ForwardCost(batch, n_threads, m.value, mlp_flops(batch, width, depth),
+                                          mlp_weight_bytes(width, depth), m.outside_cores, m.contended))  # fmt: skip
+    finally:
+        torch.set_num_threads(previous)
+    return points
+
+
+def memory_bandwidth_gbs(nbytes: int = 256 * 2**20, threads: int = 1) -> float:
+    """Read bandwidth in GB/s: summing a float32 array far bigger than the caches.
+
+    This is how fast one forward pass can stream its weights; 256 MiB matches
+    the default model, so the array cannot hide in any cache.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        data = torch.ones(nbytes // 4)
+        timing = stats.time_call(data.sum, warmup=1, repeats=5, max_seconds=0.5)
+    finally:
+        torch.set_num_threads(previous)
+    return nbytes / timing.median / 1e9
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """The two ceilings of one forward pass: peak arithmetic and memory bandwidth."""
+
+    peak_gflops: float
+    bandwidth_gbs: float
+
+    @classmethod
+    def measure(cls, threads: int = 1, *, matmul_size: int = 1024) -> "Roofline":
+        """Peak from a square matmul, bandwidth from a big sum, both at ``threads`` threads."""
+        peak = microbench.measure_matmul_gflops(matmul_size, threads)
+        return cls(peak_gflops=peak, bandwidth_gbs=memory_bandwidth_gbs(threads=threads))
+
+    @property
+    def ridge_intensity(self) -> float:
+        """FLOPs per byte where the memory time equals the compute time."""
+        return self.peak_gflops / self.bandwidth_gbs
+
+    def ridge_batch(self, bytes_per_weight: int = 4) -> float:
+        """The batch size at the ridge: below it, a bigger batch is nearly free."""
+        return self.ridge_intensity * bytes_per_weight / 2  # 2 FLOPs per weight per row
+
+    def attainable_gflops(self, intensity: float) -> float:
+        """The roof: min(peak, bandwidth × intensity)."""
+        return min(self.peak_gflops, self.bandwidth_gbs * intensity)
+
+    def forward_seconds(self, batch: int, width: int = 4096, depth: int = 4) -> float:
+        """Predicted forward time: the slower of reading the weights and doing the arithmetic."""
+        return max(mlp_weight_bytes(width, depth) / (self.bandwidth_gbs * 1e9),
+                   mlp_flops(batch, width, depth) / (self.peak_gflops * 1e9))  # fmt: skip
