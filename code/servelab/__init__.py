@@ -13,6 +13,9 @@ One module per concept, each taught in a chapter and unit-tested in ``tests/``:
 - :mod:`servelab.exercises`  friendly checks for the exercises
 - :mod:`servelab.microbench` matmul throughput of this machine (the setup chapter)
 - :mod:`servelab.student`    writes the student edition (solutions removed)
+- :mod:`servelab.roofline`   forward-pass cost against batch size, and its roofline (chapter 4)
+- :mod:`servelab.batching`   a framework-agnostic dynamic batcher with AIMD (chapter 4)
+- :mod:`servelab.rate_sweep` open-loop rate sweeps and the highest rate within a p99 objective (chapter 4)
 """
 
 __version__ = "0.1.0"

@@ -26,14 +26,17 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from servelab import servers
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 MAX_CONFIG_BATCH = 1024
 
 
-def build_app(max_batch: int = 32, max_wait_ms: float = 2.0, target_ms: float | None = None):  # noqa: ANN201
+def build_app(max_batch: int = 32, max_wait_ms: float = 2.0, target_ms: float | None = None) -> "web.Application":
     """The aiohttp application with its model loaded and its batcher running."""
     import torch
     from aiohttp import web
