@@ -55,6 +55,7 @@ def test_gunicorn_serves_and_stops_cleanly() -> None:
         assert srv.cpu_seconds() > 0
     assert all_dead(pids), "server processes outlived the context manager"
     assert srv.alive_pids() == []
+    assert isinstance(srv.log_tail(), str)  # the log stays readable after stop
 
 
 def test_waits_for_every_worker_not_just_the_port() -> None:

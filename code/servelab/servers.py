@@ -155,7 +155,8 @@ class Server:
 
     def log_tail(self, lines: int = 30) -> str:
         """The end of the server's combined stdout/stderr."""
-        self._log.flush()
+        if not self._log.closed:  # still running; after stop() the file is closed but readable
+            self._log.flush()
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
