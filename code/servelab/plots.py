@@ -75,3 +75,24 @@ def label(ax: Axes, x: str, y: str, title: str | None = None) -> Axes:
     if title:
         ax.set_title(title)
     return ax
+
+
+def line_with_contended(ax: Axes, xs, ys, contended, *, color: str, marker: str = "o", ls: str = "-",
+                        **kwargs) -> None:
+    """A measured line whose points that stayed contended (after retries) are drawn hollow.
+
+    A figure must not publish a disturbed point silently: hollow markers show it, and
+    :func:`contended_note` says so in the caption.
+    """
+    ax.plot(xs, ys, ls, color=color, **kwargs)
+    for x, y, busy in zip(xs, ys, contended):
+        ax.plot([x], [y], marker, color=color, mfc="white" if busy else color, ms=6)
+
+
+def contended_note(points) -> str:
+    """Caption text naming the points that stayed contended (objects with ``contended``), or ''."""
+    busy = sum(bool(getattr(p, "contended", False)) for p in points)
+    if not busy:
+        return ""
+    return (f"Hollow markers: {busy} of {len(points)} points stayed contended (other programs took CPU) "
+            "after retries; read them with care.")

@@ -1,0 +1,71 @@
+"""The claims ledger: records, failures, skips, the tally, and the page's table."""
+
+import json
+
+import pytest
+
+from servelab import claims
+from servelab.claims_page import MARKER, page_markdown
+
+
+def test_at_least_and_at_most_hold_and_fail_with_the_message():
+    ok = claims.at_least("x.gain", "Batching helps.", 2.0, 1.5, fail="only 2×?")
+    bad = claims.at_least("x.gain", "Batching helps.", 1.2, 1.5, fail="batching gained only 1.20×")
+    assert ok.held and ok.measured == "2.00×" and ok.bound == "≥ 1.50×"
+    assert bad.outcome == claims.FAILED and bad.message == "batching gained only 1.20×"
+    assert claims.at_most("x.cap", "Capped.", 0.9, 1.0, fail="m").held
+    assert claims.at_most("x.cap", "Capped.", 1.1, 1.0, fail="m").outcome == claims.FAILED
+
+
+def test_a_skip_needs_a_known_kind_and_a_reason():
+    with pytest.raises(ValueError):
+        claims.skipped("x.y", "s", kind="I felt like it", reason="r")
+    with pytest.raises(ValueError):
+        claims.Claim("x.y", "s", "", "", claims.SKIPPED, "", "contended")
+    with pytest.raises(ValueError):
+        claims.Claim("x.y", "s", "1", "2", claims.FAILED)  # a failure must say why
+
+
+def test_ledger_writes_its_record_and_a_failed_claim_fails_the_cell(tmp_path, capsys):
+    ledger = claims.Ledger("07_test", directory=tmp_path)
+    ledger.add(claims.at_least("t.a", "A holds.", 3, 2, fail="a broke"),
+               claims.skipped("t.b", "B needs quiet.", kind="contended", reason="0.9 cores outside"),
+               claims.at_least("t.c", "C holds.", 1, 2, fail="c broke: 1.00× < 2×"))
+    with pytest.raises(AssertionError, match=r"\[t.c\] c broke"):
+        ledger.finish()
+    record = json.loads((tmp_path / "07_test.json").read_text())
+    assert [c["outcome"] for c in record["claims"]] == ["held", "skipped", "failed"]
+    assert record["hardware"] and record["cores"] >= 1
+    assert "0.9 cores outside" in capsys.readouterr().out
+
+
+def test_duplicate_ids_and_empty_ledgers_are_refused(tmp_path):
+    ledger = claims.Ledger("07_test", directory=tmp_path)
+    ledger.add(claims.at_least("t.a", "A.", 3, 2, fail="f"))
+    with pytest.raises(ValueError):
+        ledger.add(claims.at_least("t.a", "A again.", 3, 2, fail="f"))
+    with pytest.raises(AssertionError, match="no claim"):
+        claims.Ledger("08_empty", directory=tmp_path).finish()
+
+
+def test_tally_counts_outcomes_and_skip_reasons(tmp_path, capsys):
+    for chapter, outcome in (("01_a", "held"), ("02_b", "skip")):
+        ledger = claims.Ledger(chapter, directory=tmp_path)
+        ledger.add(claims.at_least(f"{chapter}.x", "X.", 2, 1, fail="f"))
+        if outcome == "skip":
+            ledger.add(claims.skipped(f"{chapter}.y", "Y.", kind="one core", reason="1 core"))
+        ledger.finish()
+    assert claims.main(["tally", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out.startswith("claims: 2 held, 0 failed, 1 skipped (one core: 1)")
+    assert "01_a, 02_b" in out
+
+
+def test_page_table_has_a_row_per_claim_and_escapes_pipes(tmp_path):
+    ledger = claims.Ledger("01_a", directory=tmp_path)
+    ledger.add(claims.condition("a.pipe", "x | y", True, measured="1|2", bound="b", fail="f"))
+    ledger.write()
+    text = page_markdown(claims.load_records(tmp_path))
+    assert "claims: 1 held" in text and "x \\| y" in text and "1\\|2" in text
+    assert page_markdown([]) .startswith("No chapter")
+    assert MARKER not in text
