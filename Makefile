@@ -16,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 unexport MPLBACKEND
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv book test unit notebooks website lab student clean
+.PHONY: venv book test unit notebooks website lab student clean robustness
 
 venv: $(STAMP)
 
@@ -48,6 +48,11 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory book || status=$$?; \
 	$(BIN)/python -m pytest -q -rfEs --durations=15 || status=$$?; \
 	exit $$status
+
+# Maintainers: every chapter on all cores, under taskset -c 0, beside a busy loop, and without wrk;
+# writes the claims x conditions table to _build/robustness/robustness.md (about 20 minutes on 2 cores).
+robustness: $(STAMP)
+	$(BIN)/python -m servelab.robustness
 
 student: $(STAMP)
 	$(BIN)/python -m servelab.student chapters _build/student

@@ -1,6 +1,7 @@
 """The claims ledger: records, failures, skips, the tally, and the page's table."""
 
 import json
+from dataclasses import asdict
 
 import pytest
 
@@ -69,3 +70,18 @@ def test_page_table_has_a_row_per_claim_and_escapes_pipes(tmp_path):
     assert "claims: 1 held" in text and "x \\| y" in text and "1\\|2" in text
     assert page_markdown([]) .startswith("No chapter")
     assert MARKER not in text
+
+
+def test_robustness_matrix_shows_each_claim_under_each_condition():
+    from servelab.robustness import ChapterRun, matrix_markdown
+
+    def record(outcome_b):
+        b = claims.skipped("c.b", "B.", kind="one core", reason="1 core") if outcome_b == "skip" else \
+            claims.at_least("c.b", "B.", 2, 1, fail="f")
+        return [{"chapter": "01_a", "claims": [asdict(claims.at_least("c.a", "A.", 2, 1, fail="f")),
+                                               asdict(b)]}]
+    text = matrix_markdown({"all-cores": record("held"), "one-core": record("skip"), "no-wrk": []},
+                           [ChapterRun("no-wrk", "01_a", False, 12.0)])
+    assert "| `c.b` | held | skipped (one core) | no record |" in text
+    assert "- **one-core**: claims: 1 held, 0 failed, 1 skipped (one core: 1); no record: 0" in text
+    assert "| no-wrk | 01_a | failed | 12 |" in text

@@ -126,8 +126,12 @@ def check_loopback(url: str) -> None:
 
 
 def wrk_available() -> bool:
-    """True when the ``wrk`` binary is on PATH. Taught in: chapters/01_latency.ipynb."""
-    return shutil.which("wrk") is not None
+    """True when the ``wrk`` binary is on PATH and ``SERVELAB_NO_WRK`` is not set.
+
+    ``SERVELAB_NO_WRK=1`` runs a chapter as a reader without wrk would (the robustness matrix
+    does). Taught in: chapters/01_latency.ipynb.
+    """
+    return shutil.which("wrk") is not None and not os.environ.get("SERVELAB_NO_WRK")
 
 
 def _run_coro(coro: Coroutine[Any, Any, T]) -> T:

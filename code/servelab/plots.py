@@ -94,5 +94,5 @@ def contended_note(points) -> str:
     busy = sum(bool(getattr(p, "contended", False)) for p in points)
     if not busy:
         return ""
-    return (f"Hollow markers: {busy} of {len(points)} points stayed contended (other programs took CPU) "
-            "after retries; read them with care.")
+    return (f"Hollow markers: {busy} of {len(points)} points stayed disturbed after retries (other programs "
+            "took CPU, or the point broke the curve's required shape); read them with care.")

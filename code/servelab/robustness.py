@@ -1,0 +1,133 @@
+"""The robustness matrix: every chapter, run the ways readers will run it, claims × conditions.
+
+``python -m servelab.robustness`` (or ``make robustness``) executes each chapter with nbval under
+four conditions and collects the claims ledger of each run:
+
+- ``all-cores``: as is, on every usable core;
+- ``one-core``: under ``taskset -c 0``;
+- ``busy-neighbour``: with a one-core busy loop beside it, which this script starts and stops;
+- ``no-wrk``: without wrk (``SERVELAB_NO_WRK=1``), on the asyncio client.
+
+It writes ``_build/robustness/robustness.md``: one row per claim, one column per condition, with
+held, failed or skipped (and why), and prints the totals. A chapter that failed before its check
+cell shows as "no record". Maintainers run it; ``make test`` does not (it takes about 20 minutes
+on 2 cores).
+
+Taught in: README.md (How measurements are kept honest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from . import claims
+
+ROOT = Path(__file__).resolve().parents[2]
+BUSY_LOOP = "while True: pass"
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    prefix: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    busy_neighbour: bool = False
+
+
+CONDITIONS = {
+    "all-cores": Condition("all-cores"),
+    "one-core": Condition("one-core", prefix=("taskset", "-c", "0")),
+    "busy-neighbour": Condition("busy-neighbour", busy_neighbour=True),
+    "no-wrk": Condition("no-wrk", env=(("SERVELAB_NO_WRK", "1"),)),
+}
+
+
+@dataclass(frozen=True)
+class ChapterRun:
+    condition: str
+    chapter: str
+    passed: bool
+    seconds: float
+
+
+def run_chapter(chapter: Path, condition: Condition, records: Path) -> ChapterRun:
+    """Execute one chapter under nbval in ``condition``, its ledger going to ``records``."""
+    env = {**os.environ, **dict(condition.env), "SERVELAB_CLAIMS_DIR": str(records),
+           "SERVELAB_CONDITION": condition.name, "HF_HUB_OFFLINE": "1"}
+    cmd = [*condition.prefix, sys.executable, "-m", "pytest", "-q", "-x", str(chapter)]
+    start = time.monotonic()
+    neighbour = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if condition.busy_neighbour else None
+    try:
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        if neighbour is not None:  # ours, by PID: never a process found by name
+            neighbour.kill()
+            neighbour.wait()
+    seconds = time.monotonic() - start
+    log = records / f"{chapter.stem}.log"
+    log.write_text(result.stdout + result.stderr)
+    print(f"  {condition.name:15s} {chapter.stem:14s} {'passed' if result.returncode == 0 else 'FAILED'} "
+          f"in {seconds:5.1f} s", flush=True)
+    return ChapterRun(condition.name, chapter.stem, result.returncode == 0, seconds)
+
+
+def cell(claim: dict | None) -> str:
+    if claim is None:
+        return "no record"
+    if claim["outcome"] == claims.SKIPPED:
+        return f"skipped ({claim['skip_kind']})"
+    return claim["outcome"] + ("" if claim["outcome"] == claims.HELD else " ✗")
+
+
+def matrix_markdown(by_condition: dict[str, list[dict]], runs: Sequence[ChapterRun]) -> str:
+    """The claims × conditions table, the totals per condition, and the chapter runs."""
+    names = list(by_condition)
+    found = {name: {c["id"]: c for r in records for c in r["claims"]} for name, records in by_condition.items()}
+    ids = sorted({claim_id for table in found.values() for claim_id in table})
+    lines = ["| claim | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| `{i}` | " + " | ".join(cell(found[n].get(i)) for n in names) + " |" for i in ids]
+    totals = [f"- **{n}**: {claims.tally_line(claims.claims_of(by_condition[n]))}; no record: "
+              f"{sum(i not in found[n] for i in ids)}" for n in names]
+    chapters = [f"| {r.condition} | {r.chapter} | {'passed' if r.passed else 'failed'} | {r.seconds:.0f} |" for r in runs]
+    return "\n".join(["# Robustness matrix", "", *totals, "", *lines, "",
+                      "| condition | chapter | nbval | seconds |", "|---|---|---|---|", *chapters, ""])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m servelab.robustness", description=__doc__.splitlines()[0])
+    parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated, from: " + ", ".join(CONDITIONS))
+    parser.add_argument("--chapters", default="", help="comma-separated notebook stems (default: every chapter)")
+    parser.add_argument("--out", type=Path, default=ROOT / "_build" / "robustness")
+    args = parser.parse_args(argv)
+    chapters = sorted((ROOT / "chapters").glob("*.ipynb"))
+    if args.chapters:
+        chapters = [c for c in chapters if c.stem in args.chapters.split(",")]
+    if any(c == "one-core" for c in args.conditions.split(",")) and not shutil.which("taskset"):
+        parser.error("taskset is missing (Debian: apt-get install util-linux)")
+    runs: list[ChapterRun] = []
+    by_condition: dict[str, list[dict]] = {}
+    for name in args.conditions.split(","):
+        records = args.out / name
+        shutil.rmtree(records, ignore_errors=True)  # no stale record may pass for this run's
+        records.mkdir(parents=True)
+        print(f"condition {name}:", flush=True)
+        runs += [run_chapter(chapter, CONDITIONS[name], records) for chapter in chapters]
+        by_condition[name] = claims.load_records(records)
+    report = args.out / "robustness.md"
+    report.write_text(matrix_markdown(by_condition, runs))
+    print(report.read_text())
+    failed = any(not r.passed for r in runs) or any(c.outcome == claims.FAILED for recs in by_condition.values()
+                                                    for c in claims.claims_of(recs))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
