@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from servelab import contention, load
+from servelab import claims, contention, load
 from servelab.servers import Server
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -243,3 +243,71 @@ def format_point(point: RatePoint) -> str:
             f"p50 {point.p50_s * 1e3:6.1f} ms  p99 {point.p99_s * 1e3:7.1f} ms  unfinished {point.unfinished:3d}"
             f"{batch_text}  server {point.server_cores:.2f} cores  client {point.client_cpu_cores:.2f} cores, "
             f"send lag p99 {point.send_lag_p99_s * 1e3:.1f} ms  outside load {point.outside_cores:.2f} cores{flags}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- claims (chapter 4's check cell)
+
+#: Offered rates for the coordinated-omission comparison, as multiples of the closed loop's best
+#: throughput. At exactly the capacity a Poisson queue may or may not build within a short run
+#: (a random walk), so a second point 20% over it is measured when the first one shows no queue.
+CO_RATE_FACTORS = (1.0, 1.2)
+
+
+def claim_every_request_accounted(points: Sequence[RatePoint]) -> claims.Claim:
+    """Every request the open-loop client sent was answered or counted as unfinished, without errors."""
+    lost = [p for p in points if not p.accounted]
+    failed = [p for p in points if p.errors]
+    sent = sum(p.sent for p in points)
+    detail = "; ".join([f"at {p.rate:.0f}/s {p.sent} sent, {p.answered} answered + {p.unfinished} unfinished, "
+                        f"{p.latencies} latencies ({p.infinite} infinite)" for p in lost]
+                       + [f"at {p.rate:.0f}/s {p.errors} requests failed" for p in failed])
+    return claims.condition(
+        "ch4.every_request_accounted", "Every request sent was answered or counted, and none failed.",
+        not lost and not failed, measured=f"{sent} sent, {sum(p.lost for p in points)} lost, "
+        f"{sum(p.errors for p in points)} errors", bound="0 lost, 0 errors",
+        fail=f"a request was lost or failed: {detail}")
+
+
+def claim_batching_gain(max_rate_batched: float, max_rate_single: float, points: Sequence[RatePoint], *,
+                        slo_ms: float, bound: float = 1.5) -> claims.Claim:
+    """The batching server sustains at least ``bound`` × its own max_batch=1 rate within the SLO."""
+    claim_id = "ch4.batching_gain"
+    sentence = f"Batching (max_batch 32) sustains ≥ {bound}× the same server's rate without batching within p99 ≤ {slo_ms:g} ms."
+    gain = max_rate_batched / max_rate_single if max_rate_single > 0 else math.inf
+    busy = [p for p in points if p.contended]
+    if busy:
+        return claims.skipped(claim_id, sentence, kind="contended", measured=f"{gain:.2f}×", bound=f"≥ {bound}×",
+                              reason=f"other programs took up to {max(p.outside_cores for p in busy):.2f} cores "
+                                     f"during {len(busy)} of {len(points)} sweep points, after retries")
+    return claims.at_least(claim_id, sentence, gain, bound,
+                           fail=f"with batching the server sustained {max_rate_batched:.0f}/s within p99 ≤ {slo_ms:g} ms, "
+                                f"without it {max_rate_single:.0f}/s ({gain:.2f}×); batching should reach at least {bound}×")
+
+
+def claim_closed_loop_hides_queue(closed: ClosedPoint, open_points: Sequence[RatePoint], saturation_rate: float, *,
+                                  bound: float = 2.0) -> claims.Claim:
+    """At (or 20% over) the closed loop's best throughput, the open loop's p99 is ≥ ``bound`` × the closed loop's."""
+    claim_id = "ch4.closed_loop_hides_queue"
+    sentence = (f"At the closed loop's best throughput (or 20% over it), open-loop p99 is ≥ {bound:g}× the "
+                f"closed loop's p99 at c = {closed.concurrency}: the closed loop hides the queue.")
+    quiet = [p for p in open_points if not p.contended]
+    if closed.contended or not quiet:
+        return claims.skipped(claim_id, sentence, kind="contended",
+                              reason=f"other programs took {max([closed.outside_cores] + [p.outside_cores for p in open_points]):.2f} "
+                                     "cores during the closed- or open-loop runs, after retries")
+    ratios = [p.p99_s / closed.p99_s for p in quiet]
+    shown = ", ".join(f"{p.rate / saturation_rate:.1f}× rate: {r:.1f}×" for p, r in zip(quiet, ratios))
+    return claims.condition(
+        claim_id, sentence, max(ratios) >= bound, measured=shown, bound=f"≥ {bound:g}× at ≤ 1.2× the rate",
+        fail=f"open-loop p99 was only {shown} the closed loop's {closed.p99_s * 1e3:.0f} ms at c = {closed.concurrency} "
+             f"({closed.tool}); Poisson arrivals at the server's capacity should queue far longer than the closed loop shows")
+
+
+def describe_open_vs_closed(closed: ClosedPoint, open_points: Sequence[RatePoint], saturation_rate: float) -> str:
+    """Which open-loop point the figure shows, and why, from the numbers."""
+    first = open_points[0]
+    if len(open_points) == 1:
+        return f"at the same {saturation_rate:.0f} requests/s"
+    return (f"at {open_points[-1].rate:.0f} requests/s, 20% over the closed loop's best: at exactly "
+            f"{saturation_rate:.0f} requests/s its p99 was only {first.p99_s * 1e3:.0f} ms, because right at "
+            "capacity a queue may or may not build up within a short run")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from servelab import contention, microbench, stats
+from servelab import claims, contention, microbench, stats
 from servelab.apps.mlp import build_mlp, mlp_flops, mlp_weight_bytes
 
 
@@ -137,3 +137,12 @@ class Roofline:
         """Predicted forward time: the slower of reading the weights and doing the arithmetic."""
         return max(mlp_weight_bytes(width, depth) / (self.bandwidth_gbs * 1e9),
                    mlp_flops(batch, width, depth) / (self.peak_gflops * 1e9))  # fmt: skip
+
+
+def claim_batch_halves_cost(batch_one: ForwardCost, batch_large: ForwardCost, *, bound: float = 2.0) -> claims.Claim:
+    """A large batch costs at most half as much per input as batch 1 (the weights are read once for all)."""
+    gain = batch_one.per_sample_s / batch_large.per_sample_s
+    return claims.at_least(
+        "ch4.batch_halves_cost", f"A batch of {batch_large.batch} costs at most half as much per input as batch 1.",
+        gain, bound, fail=f"a batch of {batch_large.batch} cost {batch_large.per_sample_s * 1e3:.2f} ms per input against "
+                          f"{batch_one.per_sample_s * 1e3:.2f} ms at batch 1 ({gain:.1f}× less); batching should at least halve it")
