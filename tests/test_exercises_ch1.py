@@ -63,3 +63,13 @@ def test_smartphone_loss(capsys: pytest.CaptureFixture[str]) -> None:
     assert "multiplies" in capsys.readouterr().out
     assert not ch1.check_smartphone_loss(100 * (1 - 0.929**5))
     assert "fraction" in capsys.readouterr().out
+
+
+def test_p99_check_echoes_the_answer_and_rejects_the_gap_between_samples(capsys):
+    outlier = [0.01] * 99 + [1.0]
+    assert not ch1.check_p99(0.5, outlier)  # between two samples, but no usual definition gives it
+    assert "0.5" in capsys.readouterr().out
+    assert ch1.check_p99(0.0199, outlier)  # linear interpolation
+    assert "0.0199 is right" in capsys.readouterr().out
+    assert ch1.check_p99(0.01, outlier)  # nearest rank
+    assert not ch1.check_p99(0.03, outlier)
