@@ -96,3 +96,16 @@ def contended_note(points) -> str:
         return ""
     return (f"Hollow markers: {busy} of {len(points)} points stayed disturbed after retries (other programs "
             "took CPU, or the point broke the curve's required shape); read them with care.")
+
+
+def plain_log_axis(axis, ticks=None) -> None:
+    """Label a log axis with plain numbers (30, 100, 300), not powers of ten; optionally at ``ticks``."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    if ticks is not None:
+        axis.set_major_locator(FixedLocator(ticks))
+        axis.set_minor_formatter(NullFormatter())
+    else:
+        axis.set_minor_formatter(plain)
+    axis.set_major_formatter(plain)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from servelab import claims, contention, load
+from servelab import claims, contention, load, plots
 from servelab.servers import Server
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -311,3 +311,78 @@ def describe_open_vs_closed(closed: ClosedPoint, open_points: Sequence[RatePoint
     return (f"at {open_points[-1].rate:.0f} requests/s, 20% over the closed loop's best: at exactly "
             f"{saturation_rate:.0f} requests/s its p99 was only {first.p99_s * 1e3:.0f} ms, because right at "
             "capacity a queue may or may not build up within a short run")
+
+
+# --------------------------------------------------------------------------- figures (chapter 4)
+
+
+def plot_closed_vs_open(closed: dict[int, ClosedPoint], shown_open: RatePoint, cores: int,
+                        point_s: float) -> "plots.Figure":
+    """Closed-loop latency against connections (left); closed against open loop p99 near saturation (right)."""
+    fig, (ax1, ax2) = plots.figure(ncols=2)
+    conc = sorted(closed)
+    ax1.plot(conc, [closed[c].p99_s * 1e3 for c in conc], "o-", color=plots.COLORS["p99"], label="closed loop p99")
+    ax1.plot(conc, [closed[c].mean_s * 1e3 for c in conc], "s-", color=plots.COLORS["p50"], label="closed loop mean")
+    ax1.plot(conc, [c / closed[c].throughput * 1e3 for c in conc], "--", color=plots.COLORS["predicted"],
+             label="Little's law: c ÷ throughput")
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    plots.plain_log_axis(ax1.xaxis)
+    plots.plain_log_axis(ax1.yaxis)
+    ax1.set_xticks(conc)
+    ax1.legend(fontsize=8)
+    plots.label(ax1, "closed-loop connections c", "latency (ms)", "Closed loop: latency = c ÷ X")
+    base, p99 = closed[cores], shown_open.p99_s
+    shown = p99 if np.isfinite(p99) else point_s + 1.0  # an infinite p99 is drawn at the run's length
+    bars = ax2.bar([f"closed loop, c = {cores}\n{base.throughput:.0f} req/s",
+                    f"open loop, Poisson\n{shown_open.rate:.0f} req/s offered"],
+                   [base.p99_s * 1e3, shown * 1e3], color=[plots.COLORS["unbatched"], plots.COLORS["p99"]])
+    ax2.bar_label(bars, labels=[f"{base.p99_s * 1e3:.0f} ms", f"{p99 * 1e3:.0f} ms" if np.isfinite(p99) else "∞ (unfinished)"])
+    plots.label(ax2, "", "p99 latency (ms)", "Same server, near saturation")
+    plots.caption(fig, f"Unbatched gunicorn gthread server, 4 × Linear(4096, 4096). Closed loop: {base.tool}; "
+                  "open loop: Poisson arrivals, latency from the scheduled send.")
+    return fig
+
+
+def plot_sweeps(sweeps: dict[str, tuple[Sequence[RatePoint], float, str]], slo_ms: float,
+                point_s: float) -> "plots.Figure":
+    """p99 against offered rate per configuration (left, dotted: max rate within the SLO); mean batch size (right).
+
+    ``sweeps`` maps a label to (points, max rate within the SLO, colour); labels starting
+    with "no batching" get no batch-size curve.
+    """
+    fig, (ax1, ax2) = plots.figure(ncols=2)
+    ceiling_ms = 5 * slo_ms  # where infinite (and larger) p99s are drawn
+    for name, (points, best, color) in sweeps.items():
+        pts = sorted(points, key=lambda p: p.rate)
+        plots.line_with_contended(ax1, [p.rate for p in pts], [min(p.p99_s * 1e3, ceiling_ms) for p in pts],
+                                  [p.contended for p in pts], color=color, label=name)
+        ax1.axvline(best, color=color, ls=":", lw=1.2)
+        if not name.startswith("no batching"):
+            ax2.plot([p.rate for p in pts], [p.batch_stats.get("mean_batch_size", 0) for p in pts], "o-", color=color,
+                     label=name)
+    ax1.axhline(slo_ms, color=plots.COLORS["p99"], lw=1, label=f"objective: p99 ≤ {slo_ms:g} ms")
+    ax1.set_yscale("log")
+    plots.plain_log_axis(ax1.yaxis)
+    ax1.set_ylim(top=ceiling_ms * 1.15)
+    ax1.legend(fontsize=8)
+    plots.label(ax1, "offered rate (requests/s, Poisson)", "p99 latency (ms, open loop)",
+                "p99 against load (dotted: highest rate within the objective)")
+    ax2.legend(fontsize=8)
+    plots.label(ax2, "offered rate (requests/s, Poisson)", "mean batch size (inputs)", "Batches grow with load")
+    every = [p for points, _, _ in sweeps.values() for p in points]
+    plots.caption(fig, "Points on the top edge had a p99 beyond it, or left requests unanswered (p99 infinite). "
+                  f"{point_s:g} s of traffic per point; 4 × Linear(4096, 4096), torch at 1 thread. "
+                  + plots.contended_note(every))
+    return fig
+
+
+def plot_low_load(points: dict[str, RatePoint], colors: Sequence[str], rate: float, point_s: float) -> "plots.Figure":
+    """p50 latency of each configuration at one low rate, as bars."""
+    fig, ax = plots.figure()
+    bars = ax.bar(list(points), [p.p50_s * 1e3 for p in points.values()], color=list(colors))
+    ax.bar_label(bars, fmt="%.1f ms")
+    plots.label(ax, "", "p50 latency (ms, open loop)", f"Low load: {rate:.0f} requests/s")
+    plots.caption(fig, f"{point_s:g} s of Poisson traffic per bar; max_wait_ms is how long the oldest "
+                  "request may wait for company before its batch leaves.")
+    return fig

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from servelab import claims, contention, microbench, stats
+import numpy as np
+
+from servelab import claims, contention, microbench, plots, stats
 from servelab.apps.mlp import build_mlp, mlp_flops, mlp_weight_bytes
 
 
@@ -146,3 +148,46 @@ def claim_batch_halves_cost(batch_one: ForwardCost, batch_large: ForwardCost, *,
         "ch4.batch_halves_cost", f"A batch of {batch_large.batch} costs at most half as much per input as batch 1.",
         gain, bound, fail=f"a batch of {batch_large.batch} cost {batch_large.per_sample_s * 1e3:.2f} ms per input against "
                           f"{batch_one.per_sample_s * 1e3:.2f} ms at batch 1 ({gain:.1f}× less); batching should at least halve it")
+
+
+def plot_batch_costs(costs: Sequence[ForwardCost], roofs: dict[int, "Roofline"]) -> "plots.Figure":
+    """Forward time per input against batch size (left) and the one-thread roofline (right)."""
+    threads = sorted(roofs)
+    batches = sorted({c.batch for c in costs})
+    fig, (ax1, ax2) = plots.figure(ncols=2)
+    for n, color in zip(threads, (plots.COLORS["batched"], plots.COLORS["threads"])):
+        rows = [c for c in costs if c.threads == n]
+        ax1.plot([c.batch for c in rows], [c.per_sample_s * 1e3 for c in rows], "o-", color=color,
+                 label=f"measured, {n} thread(s)")
+        ax1.plot(batches, [roofs[n].forward_seconds(b) / b * 1e3 for b in batches], "--", color=color, alpha=0.7,
+                 label=f"roofline, {n} thread(s)")
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    plots.plain_log_axis(ax1.xaxis)
+    plots.plain_log_axis(ax1.yaxis, [0.2, 0.5, 1, 2, 5, 10, 20, 50])
+    ax1.legend(fontsize=8)
+    plots.label(ax1, "batch size (inputs per forward pass)", "forward time per input (ms)", "Cost per input")
+    _plot_roofline(ax2, [c for c in costs if c.threads == 1], roofs[1], max(r.ridge_intensity for r in roofs.values()))
+    plots.caption(fig, "Median of repeated forward passes of 4 × Linear(4096, 4096), float32, in process. "
+                  "Roofline: the larger of bytes ÷ bandwidth and FLOPs ÷ peak.")
+    return fig
+
+
+def _plot_roofline(ax, one_thread: Sequence[ForwardCost], roof: "Roofline", ridge_max: float) -> None:
+    intensity = np.geomspace(0.25, 4 * ridge_max, 100)
+    ax.plot(intensity, [roof.attainable_gflops(i) for i in intensity], color=plots.COLORS["predicted"],
+            label="roofline, 1 thread")
+    ax.plot([c.arithmetic_intensity for c in one_thread], [c.gflops for c in one_thread], "o",
+            color=plots.COLORS["batched"], label="forward pass, 1 thread")
+    for c in one_thread:
+        ax.annotate(str(c.batch), (c.arithmetic_intensity, c.gflops), textcoords="offset points", xytext=(4, -10),
+                    fontsize=8)
+    ax.axvline(roof.ridge_intensity, color=plots.COLORS["predicted"], lw=0.8, ls=":")
+    ax.annotate(f"ridge: batch {roof.ridge_batch():.0f}", (roof.ridge_intensity, roof.peak_gflops),
+                textcoords="offset points", xytext=(6, -14), fontsize=8)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    plots.plain_log_axis(ax.xaxis)
+    plots.plain_log_axis(ax.yaxis)
+    ax.legend(fontsize=8, loc="lower right")
+    plots.label(ax, "arithmetic intensity (FLOP per weight byte)", "achieved GFLOP/s", "Roofline (labels: batch)")

@@ -142,3 +142,8 @@ def repeat_until_stable(
         if enough and (timing.spread <= rel_spread or time.perf_counter() - start > max_seconds):
             break
     return timing
+
+
+def ratio(a: float, b: float) -> float:
+    """``a / b``, infinite when ``b`` is 0 (a rate of 0 within an SLO makes any gain infinite)."""
+    return a / b if b else float("inf")

@@ -1,0 +1,156 @@
+"""Chapter 3's claims, checked against the numbers a run measured (for its check cell and the claims ledger).
+
+Part of :mod:`servelab.dag`. Taught in: chapters/03_dag.ipynb.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+
+from servelab import claims
+from servelab.dag.depth import DepthPoint, LineFit, fit_line
+from servelab.dag.latency import LatencyPoint, lookup, speedup
+
+
+# What the depth argument predicts on *any* machine, checked against this machine's numbers. How much
+# one LSTMCell step gains from a second core is a fact about the CPU and its BLAS (0.93-0.98x on one
+# 2-core Xeon, 1.6-2.2x on another), so no claim depends on it; what depth does predict is that the
+# loop's latency is a chain of T equal steps, and that its gain from more cores cannot grow with T.
+
+
+def claim_loop_depth_linear(points: Sequence[DepthPoint], model: str = "RNN loop (modules)") -> claims.Claim:
+    """The unrolled loop's traced depth is exactly a·T + b with a ≥ 1."""
+    pts = [p for p in points if p.model == model]
+    fit = fit_line([p.T for p in pts], [p.depth for p in pts])
+    a, b = round(fit.slope), round(fit.intercept)
+    exact = a >= 1 and all(p.depth == a * p.T + b for p in pts)
+    return claims.condition(
+        "ch3.loop_depth_linear", "The RNN loop's graph depth is exactly linear in T (one step per token).", exact,
+        measured=f"{a}·T + {b}", bound="exact, slope ≥ 1",
+        fail=f"the unrolled RNN's depth should be exactly linear in T with slope >= 1; got {[(p.T, p.depth) for p in pts]}")
+
+
+def claim_bert_depth_constant(points: Sequence[DepthPoint], model: str = "BERT-4L") -> claims.Claim:
+    """BERT's traced depth is the same at every T."""
+    depths = sorted({p.depth for p in points if p.model == model})
+    return claims.condition(
+        "ch3.bert_depth_constant", "BERT's graph depth is the same at every input length.", len(depths) == 1,
+        measured=", ".join(map(str, depths)), bound="one value",
+        fail=f"BERT's depth should be the same at every T, got {depths}")
+
+
+def linearity_error(points: Sequence[LatencyPoint], model: str, threads: int) -> tuple[LineFit, float]:
+    """Fit latency = a + b·T to one model at one thread count; the worst relative miss of the fit."""
+    pts = sorted((p for p in points if p.model == model and p.threads == threads), key=lambda p: p.T)
+    fit = fit_line([p.T for p in pts], [p.seconds for p in pts])
+    return fit, max(abs(float(fit(p.T)) / p.seconds - 1) for p in pts)
+
+
+def claim_loop_latency_linear(points: Sequence[LatencyPoint], threads: int, *, model: str = "unrolled",
+                              tolerance: float = 0.2) -> claims.Claim:
+    """The loop's latency is a + b·T (a chain of T steps of constant time) at ``threads`` threads."""
+    claim_id = f"ch3.loop_latency_linear_{threads}t"
+    sentence = f"With {threads} thread(s) the LSTMCell loop's latency grows linearly in T: a chain of T equal steps."
+    pts = [p for p in points if p.model == model and p.threads == threads]
+    if threads > 1 and any(p.contended for p in pts):
+        return claims.skipped(claim_id, sentence, kind="contended",
+                              reason=f"other programs took up to {max(p.outside_cores for p in pts):.2f} cores "
+                                     f"while the {threads}-thread loop was timed")
+    fit, miss = linearity_error(points, model, threads)
+    ok = fit.slope > 0 and miss <= tolerance
+    return claims.condition(
+        claim_id, sentence, ok, measured=f"{fit.slope * 1e6:.0f} µs/token, worst miss {miss:.0%}",
+        bound=f"slope > 0, miss ≤ {tolerance:.0%}",
+        fail=f"with {threads} thread(s) a straight line a + b·T misses the loop's latency by {miss:.0%} "
+             f"(slope {fit.slope * 1e6:.1f} µs per token); a chain of T equal steps should be linear in T")
+
+
+def _multicore_skip(claim_id: str, sentence: str, pts: Sequence[LatencyPoint], cores: int) -> claims.Claim | None:
+    if cores < 2:
+        return claims.skipped(claim_id, sentence, kind="one core", reason="only 1 usable core: nothing to compare")
+    busy = [p for p in pts if p.contended]
+    if busy:
+        return claims.skipped(claim_id, sentence, kind="contended",
+                              reason=f"other programs took up to {max(p.outside_cores for p in busy):.2f} cores "
+                                     f"during {len(busy)} of the {len(pts)} points it needs, after retries")
+    return None
+
+
+def _pts(points: Sequence[LatencyPoint], models: Sequence[str], lengths: Sequence[int], cores: int) -> list[LatencyPoint]:
+    return [lookup(points, m, T, n) for m in models for T in lengths for n in sorted({1, cores})]
+
+
+def claim_bert_gains_from_cores(points: Sequence[LatencyPoint], T: int, cores: int, *,
+                                bound: float = 1.25) -> claims.Claim:
+    """All cores make BERT at least ``bound`` times faster at length ``T``: its matmuls split over them."""
+    claim_id, sentence = "ch3.bert_gains_from_cores", f"At T = {T}, all cores make BERT faster: its matrix multiplies split."
+    skip = _multicore_skip(claim_id, sentence, _pts(points, ["bert"], [T], cores), cores)
+    if skip:
+        return skip
+    gain = speedup(points, "bert", T, cores)
+    return claims.at_least(claim_id, sentence, gain, bound,
+                           fail=f"all {cores} cores made BERT only {gain:.2f}× faster at T={T}; its matrix "
+                                f"multiplies should split over the cores (expected >= {bound}×)")
+
+
+def claim_bert_gain_grows(points: Sequence[LatencyPoint], lengths: Sequence[int], cores: int, *,
+                          bound: float = 1.15) -> claims.Claim:
+    """BERT's gain from more cores grows with T: a longer input gives every op more rows to share."""
+    short, long = lengths[0], lengths[-1]
+    claim_id = "ch3.bert_gain_grows"
+    sentence = f"BERT's gain from more cores grows with the input (T = {short} → {long}): its width grows with T."
+    skip = _multicore_skip(claim_id, sentence, _pts(points, ["bert"], [short, long], cores), cores)
+    if skip:
+        return skip
+    growth = speedup(points, "bert", long, cores) / speedup(points, "bert", short, cores)
+    return claims.at_least(claim_id, sentence, growth, bound,
+                           fail=f"BERT's speedup from {cores} cores was {speedup(points, 'bert', short, cores):.2f}× "
+                                f"at T={short} and {speedup(points, 'bert', long, cores):.2f}× at T={long} "
+                                f"({growth:.2f}× growth); more tokens should give its matrix multiplies more to share")
+
+
+def claim_loop_gain_flat(points: Sequence[LatencyPoint], lengths: Sequence[int], cores: int, *,
+                         band: float = 1.2) -> claims.Claim:
+    """The loop's gain from more cores does not grow with T: each step may split, the chain cannot.
+
+    ``lengths`` are compared from the second one on: at the shortest input the embedding and the
+    head, not the chain, are a large part of the time.
+    """
+    middle, long = lengths[1], lengths[-1]
+    claim_id = "ch3.loop_gain_flat"
+    sentence = (f"The LSTMCell loop's gain from more cores is the same at T = {middle} and {long}: "
+                "extra cores can shorten each step, never the chain of T steps.")
+    skip = _multicore_skip(claim_id, sentence, _pts(points, ["unrolled"], [middle, long], cores), cores)
+    if skip:
+        return skip
+    first, last = speedup(points, "unrolled", middle, cores), speedup(points, "unrolled", long, cores)
+    growth = last / first
+    return claims.condition(
+        claim_id, sentence, 1 / band <= growth <= band, measured=f"{first:.2f}× → {last:.2f}× ({growth:.2f}×)",
+        bound=f"growth within {1 / band:.2f}–{band:.2f}×",
+        fail=f"the loop's speedup from {cores} cores went from {first:.2f}× at T={middle} to {last:.2f}× at "
+             f"T={long}; a chain of equal steps should gain the same at every length")
+
+
+def claim_fused_beats_bert(points: Sequence[LatencyPoint]) -> claims.Claim:
+    """The fused nn.LSTM is faster than BERT-4L at every measured length and thread count."""
+    worst = max(p.seconds / lookup(points, "bert", p.T, p.threads).seconds for p in points if p.model == "fused")
+    return claims.at_most("ch3.fused_beats_bert", "The fused nn.LSTM beats BERT-4L at every length we tried.",
+                          worst, 1.0, fail=f"the fused LSTM took up to {worst:.2f}× BERT's time; the text says it always wins")
+
+
+def claim_model_explains(points: Sequence[LatencyPoint], ratios: Sequence[float], *, calibration_contended: bool,
+                         factor: float = 2.0) -> claims.Claim:
+    """The latency model predicts every quiet point within ``factor``."""
+    claim_id, sentence = "ch3.model_explains", f"The latency model predicts every point within {factor:.0f}×."
+    if calibration_contended:
+        return claims.skipped(claim_id, sentence, kind="contended",
+                              reason="other programs took CPU while the model was calibrated")
+    quiet = [(p, r) for p, r in zip(points, ratios) if not p.contended]
+    if not quiet:
+        return claims.skipped(claim_id, sentence, kind="contended", reason="every latency point stayed contended")
+    worst = max(max(r, 1 / r) for _, r in quiet)
+    bad = [(p.model, p.T, p.threads, round(r, 2)) for p, r in quiet if not 1 / factor <= r <= factor]
+    return claims.at_most(claim_id, sentence, worst, factor,
+                          fail=f"the latency model missed these points by more than {factor:.0f}× (measured/predicted): {bad}")
