@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 
-from servelab._prctl import set_parent_death_signal
+from servelab.prctl import set_parent_death_signal
 
 _stop_requested = False
 

@@ -15,7 +15,7 @@ import os
 import signal
 from pathlib import Path
 
-from servelab._prctl import set_parent_death_signal
+from servelab.prctl import set_parent_death_signal
 
 
 def post_fork(server, worker) -> None:  # noqa: ANN001 - gunicorn's hook signature

@@ -134,7 +134,7 @@ def wrk_available() -> bool:
     return shutil.which("wrk") is not None and not os.environ.get("SERVELAB_NO_WRK")
 
 
-def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
+def run_coro(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine to completion, also from inside a running loop (Jupyter).
 
     ``asyncio.run`` refuses to nest, so with a loop already running we run the
@@ -469,7 +469,7 @@ def closed_loop(
         raise ValueError(f"tool must be 'auto', 'wrk' or 'asyncio', not {tool!r}")
     request = _request_kwargs(url, method, body, headers)
     cap_s = warmup_s + duration_s + HARD_CAP_EXTRA_S
-    return _run_coro(asyncio.wait_for(_closed_loop_asyncio(request, concurrency, duration_s, max_requests, warmup_s), cap_s))
+    return run_coro(asyncio.wait_for(_closed_loop_asyncio(request, concurrency, duration_s, max_requests, warmup_s), cap_s))
 
 
 # --------------------------------------------------------------------------- open loop
@@ -603,4 +603,4 @@ def open_loop(
     request = _request_kwargs(url, method, body, headers)
     cap_s = warmup_s + duration_s + 2 * grace_s + HARD_CAP_EXTRA_S
     coro = _open_loop_asyncio(request, rate, duration_s, grace_s, warmup_s, seed, max_in_flight)
-    return _run_coro(asyncio.wait_for(coro, cap_s))
+    return run_coro(asyncio.wait_for(coro, cap_s))

@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 import psutil
 
 from servelab import memory
-from servelab._prctl import set_parent_death_signal
+from servelab.prctl import set_parent_death_signal
 
 _LIVE: dict[int, "Server"] = {}  # guard pid -> server, for the atexit hook
 

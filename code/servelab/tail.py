@@ -168,7 +168,7 @@ def measure_fanout(
         raise ValueError(f"need k >= 1, n_pages >= 1 and rounds >= 1, got {dict(seconds_per_k)}, {n_pages}, {rounds}")
 
     def run() -> dict[int, PageRun]:
-        tallies = load._run_coro(_fanout_rounds(url, dict(seconds_per_k), n_pages, rounds, warmup_pages))
+        tallies = load.run_coro(_fanout_rounds(url, dict(seconds_per_k), n_pages, rounds, warmup_pages))
         return {k: PageRun(k, np.asarray([max(p) for p in t.pages]), np.asarray(t.pages, dtype=float).reshape(-1),
                            t.wall_s, t.cpu_s / t.wall_s) for k, t in tallies.items()}  # fmt: skip
 
@@ -282,7 +282,7 @@ def compare_hedging(
     if (hedge_delay_s is not None and hedge_delay_s <= 0) or n_calls < blocks or blocks < 1:
         raise ValueError("need hedge_delay_s > 0 (or None) and n_calls >= blocks >= 1")
     with contention.OutsideLoad() as outside:
-        plain, hedged, hedges, delay = load._run_coro(
+        plain, hedged, hedges, delay = load.run_coro(
             _hedge_blocks(url, hedge_delay_s, hedge_percentile, n_calls // blocks, blocks, max_seconds)
         )
     label = f"plain p{hedge_percentile:g}" if hedge_delay_s is None else "given"
