@@ -75,3 +75,27 @@ def test_machine_busy_seconds_grows() -> None:
     before = contention.machine_busy_seconds()
     spin(0.3)
     assert contention.machine_busy_seconds() > before
+
+
+def test_persistent_outside_load_stops_the_retries(monkeypatch):
+    from servelab import contention
+
+    monkeypatch.setattr(contention, "_contended_streak", 0)
+    calls = []
+
+    class Busy:  # an OutsideLoad that always sees a whole core taken by someone else
+        def __init__(self, *a):
+            self.cores = 1.0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(contention, "OutsideLoad", Busy)
+    for _ in range(contention.PERSISTENT_AFTER):
+        contention.measure_uncontended(lambda: calls.append(1), retries=2, pause=0)
+    assert len(calls) == 3 * contention.PERSISTENT_AFTER and contention.persistent_load()
+    m = contention.measure_uncontended(lambda: calls.append(1), retries=2, pause=0)
+    assert m.attempts == 1 and m.contended  # no retries while the neighbour stays

@@ -92,6 +92,18 @@ def default_threshold() -> float:
     return 0.25 * max(1, min(4, len(os.sched_getaffinity(0)) // 2))
 
 
+#: After this many measurements in a row stayed contended despite their retries, the outside load
+#: is not a burst but a neighbour that stays (a CI job, a busy loop): retrying then only multiplies a
+#: chapter's run time, so later measurements make no retries until one is quiet again.
+PERSISTENT_AFTER = 3
+_contended_streak = 0
+
+
+def persistent_load() -> bool:
+    """True while the last :data:`PERSISTENT_AFTER` measurements all stayed contended."""
+    return _contended_streak >= PERSISTENT_AFTER
+
+
 def measure_uncontended(
     fn: Callable[[], T],
     *,
@@ -102,10 +114,14 @@ def measure_uncontended(
     """Run ``fn`` until outside load stays under ``threshold`` cores.
 
     Makes at most ``1 + retries`` attempts, pausing between them so a
-    transient job can finish. Returns the least contended attempt, flagged
-    ``contended`` if even that one was over the threshold.
+    transient job can finish (none while :func:`persistent_load`). Returns the
+    least contended attempt, flagged ``contended`` if even that one was over
+    the threshold.
     """
+    global _contended_streak
     threshold = default_threshold() if threshold is None else threshold
+    if persistent_load():
+        retries = 0
     best: Measured[T] | None = None
     for attempt in range(1, retries + 2):
         with OutsideLoad() as load:
@@ -118,4 +134,5 @@ def measure_uncontended(
         time.sleep(pause)
     assert best is not None
     best.attempts = attempt
+    _contended_streak = _contended_streak + 1 if best.contended else 0
     return best
