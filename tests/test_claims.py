@@ -85,3 +85,13 @@ def test_robustness_matrix_shows_each_claim_under_each_condition():
     assert "| `c.b` | held | skipped (one core) | no record |" in text
     assert "- **one-core**: claims: 1 held, 0 failed, 1 skipped (one core: 1); no record: 0" in text
     assert "| no-wrk | 01_a | failed | 12 |" in text
+
+
+def test_unless_contended_turns_only_failures_under_load_into_skips():
+    held = claims.at_least("x.a", "A.", 2, 1, fail="f")
+    failed = claims.at_least("x.a", "A.", 0.5, 1, fail="only 0.50×")
+    assert claims.unless_contended(held, 0.9) is held
+    assert claims.unless_contended(failed, None) is failed
+    skip = claims.unless_contended(failed, 0.9)
+    assert skip.outcome == claims.SKIPPED and skip.skip_kind == "contended" and "0.90 cores" in skip.message
+    assert "only 0.50×" in skip.message

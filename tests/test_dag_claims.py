@@ -61,8 +61,12 @@ def test_slow_fused_lstm_breaks_its_claim():
 
 def test_contended_and_single_core_runs_skip_with_the_reason():
     points = sweep(1.0, contended={("bert", 1024, 2)})
-    claim = dag.claim_bert_gains_from_cores(points, 1024, 2)
+    assert dag.claim_bert_gains_from_cores(points, 1024, 2).held  # load only lowers a gain: a pass stands
+    slow = sweep(1.0, bert_gains=(1.1, 1.1, 1.1, 1.1), contended={("bert", 1024, 2)})
+    claim = dag.claim_bert_gains_from_cores(slow, 1024, 2)  # ... and a failure under load is not the model's
     assert claim.outcome == claims.SKIPPED and claim.skip_kind == "contended" and "0.90 cores" in claim.message
+    assert "expected >= 1.25" in claim.message
+    assert dag.claim_bert_gain_grows(points, LENGTHS, 2).skip_kind == "contended"  # two-sided: no verdict under load
     one_core = [p for p in sweep(1.0) if p.threads == 1]
     assert dag.claim_loop_gain_flat(one_core, LENGTHS, 1).skip_kind == "one core"
     assert dag.claim_loop_latency_linear(one_core, 1).held  # the chain is linear on one core too

@@ -89,6 +89,17 @@ def skipped(claim_id: str, sentence: str, *, kind: str, reason: str, measured: s
     return Claim(claim_id, sentence, measured, bound, SKIPPED, reason, kind)
 
 
+def unless_contended(claim: Claim, outside_cores: float | None) -> Claim:
+    """For a claim that other programs' load can only break, never fake (it slows the side the claim
+    says is fast): a failure measured while they took ``outside_cores`` becomes a skip with what was
+    measured, and a pass stands. ``None`` means the measurement was quiet."""
+    if claim.outcome != FAILED or outside_cores is None:
+        return claim
+    return Claim(claim.id, claim.sentence, claim.measured, claim.bound, SKIPPED,
+                 f"other programs took up to {outside_cores:.2f} cores, after retries; measured: {claim.message}",
+                 "contended")
+
+
 def claims_dir() -> Path:
     """Where check cells write their records: ``$SERVELAB_CLAIMS_DIR``, else ``_build/claims`` of the book."""
     if os.environ.get("SERVELAB_CLAIMS_DIR"):

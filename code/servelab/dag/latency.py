@@ -148,13 +148,16 @@ def crossover(lengths: Sequence[float], a_seconds: Sequence[float], b_seconds: S
 # ---------------------------------------------------------------- generation
 
 
-def generation_seconds(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, use_cache: bool) -> float:
+def generation_seconds(model: nn.Module, prompt: torch.Tensor, new_tokens: int, *, use_cache: bool,
+                       threads: int = 1) -> float:
     """Seconds to greedily generate ``new_tokens`` tokens after ``prompt``, with or without the KV cache.
 
     Either way it is ``new_tokens`` forward passes one after another: each
-    needs the token the previous one chose.
+    needs the token the previous one chose. One torch thread by default: the
+    steps are tiny, and on a busy machine a second thread's spin-waits made
+    each step up to 25 times slower.
     """
-    with torch.inference_mode():
+    with torch.inference_mode(), torch_threads(threads):
         start = time.perf_counter()
         seq = prompt
         out = model(seq, use_cache=use_cache)
