@@ -23,6 +23,7 @@ from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
 
 from servelab.apps.mlp import build_mlp
+from servelab.apps.validation import RequestError
 
 
 def configure_torch_threads() -> int:
@@ -72,6 +73,11 @@ def after_fork() -> None:
 def json_error(status: int, message: str):  # noqa: ANN201 - a Flask response tuple
     """A JSON error body with the HTTP status."""
     return jsonify(error=message, status=status), status
+
+
+def request_error(exc: RequestError):  # noqa: ANN201 - a Flask response tuple
+    """The JSON answer to a client mistake found by :mod:`servelab.apps.validation`."""
+    return jsonify(exc.body()), exc.status
 
 
 def make_app(name: str) -> Flask:
