@@ -68,7 +68,7 @@ def build_app(
 
     from servelab.apps import oip
     from servelab.apps.common import MODEL, configure_torch_threads, env_int
-    from servelab.apps.validation import RequestError, check_body_size, validate_predict_body
+    from servelab.apps.validation import RequestError, check_body_complete, check_body_size, validate_predict_body
     from servelab.batching import AIMD, BatcherClosed, DeadlineExceeded, DynamicBatcher, QueueFull
 
     configure_torch_threads()
@@ -112,7 +112,12 @@ def build_app(
 
     async def read_body(request: web.Request) -> bytes:
         check_body_size(request.content_length, max_body)  # 413 before reading, when the length is declared
-        return await request.read()  # aiohttp's client_max_size answers 413 for an undeclared one
+        try:
+            body = await request.read()  # aiohttp's client_max_size answers 413 for an undeclared one
+        except ConnectionResetError:  # the client closed before its body was complete
+            raise RequestError(400, "the connection closed before the request body was complete") from None
+        check_body_complete(len(body), request.content_length)
+        return body
 
     async def run_batched(x: torch.Tensor, deadline: float | None) -> dict[str, Any] | web.Response:
         """The batcher's answer for ``x``, or the 503/504 that says why there is none."""

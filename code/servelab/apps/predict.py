@@ -30,7 +30,7 @@ import torch
 from flask import Response, jsonify, request
 
 from servelab.apps import oip
-from servelab.apps.common import MODEL, configure_torch_threads, env_int, make_app, request_error
+from servelab.apps.common import MODEL, configure_torch_threads, env_int, make_app, read_request_body, request_error
 from servelab.apps.validation import MAX_ROWS, BadInput, RequestError, parse_inputs, validate_predict_body
 
 __all__ = ["app", "BadInput", "parse_inputs", "python_work", "simulated_stall_s", "top_classes"]
@@ -73,7 +73,7 @@ def top_classes(x: torch.Tensor) -> list[int]:
 @app.post("/predict")
 def predict():  # noqa: ANN201
     try:
-        req = validate_predict_body(request.get_data(), request.content_type, MODEL.width)
+        req = validate_predict_body(read_request_body(), request.content_type, MODEL.width)
     except RequestError as exc:
         return request_error(exc)
     stall = simulated_stall_s(SLOW_FRACTION, SLOW_MS, random.random())
@@ -121,7 +121,7 @@ def oip_model(name: str, version: str | None, ready: bool):  # noqa: ANN201
 def oip_infer(name: str, version: str | None = None):  # noqa: ANN201
     try:
         oip.check_model(name, version)
-        req = oip.parse_infer_request(request.get_data(), request.headers.get(oip.HEADER_LENGTH), MODEL.width)
+        req = oip.parse_infer_request(read_request_body(), request.headers.get(oip.HEADER_LENGTH), MODEL.width)
     except RequestError as exc:
         return oip_error(exc)
     answer = oip.infer_response(top_classes(req.inputs), req)

@@ -12,6 +12,8 @@ The rules, in the order they are checked:
 request                                 status  why
 ======================================  ======  ==================================
 body over the size limit                413     checked before reading it
+body shorter than its Content-Length,   400     the client closed early, or sent
+broken chunked framing                          bytes that are not HTTP
 ``Content-Type`` other than JSON        415     (none at all is taken as JSON)
 not JSON, not UTF-8, empty              400     the body cannot be parsed
 nested deeper than the parser's limit   400     ``RecursionError`` caught, not a 500
@@ -82,6 +84,16 @@ def check_body_size(length: int | None, limit: int) -> None:
     """413 when the body is (or says it is) bigger than ``limit`` bytes."""
     if length is not None and length > limit:
         raise RequestError(413, f"request body size is {length} bytes; the limit is {limit}")
+
+
+def check_body_complete(received: int, declared: int | None) -> None:
+    """400 when the body ended before the ``Content-Length`` it declared (the client closed early).
+
+    Some servers hand the app what arrived without saying it is short; a
+    truncated ``{"batch": 1}...`` can even parse, so the lengths are compared.
+    """
+    if declared is not None and received < declared:
+        raise RequestError(400, f"request body ended after {received} of the {declared} bytes it declared")
 
 
 def check_json_content_type(content_type: str | None) -> None:
