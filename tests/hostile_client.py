@@ -14,7 +14,7 @@ import json
 import math
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from hypothesis import strategies as st
 
@@ -29,6 +29,7 @@ class Reply:
 
     status: int | None
     body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -70,7 +71,7 @@ def exchange(port: int, head: bytes, body: bytes = b"", *, pieces: int = 1, paus
         response = http.client.HTTPResponse(sock)
         try:
             response.begin()
-            return Reply(response.status, response.read())
+            return Reply(response.status, response.read(), dict(response.getheaders()))
         except (http.client.RemoteDisconnected, http.client.BadStatusLine, ConnectionResetError):
             return Reply(None)
 
