@@ -165,21 +165,21 @@ def test_issue_table_row(timed, row: str) -> None:
 # --------------------------------------------------------------------------- fuzzing
 
 
-@fuzz_settings(200)
+@fuzz_settings(150)
 @given(payload=hc.predict_payloads(WIDTH))
 def test_fuzz_near_valid_payloads(timed, payload) -> None:
     valid = hc.is_valid_predict(payload, WIDTH, allow_python_work=timed.allow_python_work)
     timed.check(hc.post(timed.port, "/predict", json.dumps(payload).encode()), valid)
 
 
-@fuzz_settings(80)
+@fuzz_settings(60)
 @given(value=hc.any_json)
 def test_fuzz_random_json(timed, value) -> None:
     valid = hc.is_valid_predict(value, WIDTH, allow_python_work=timed.allow_python_work)
     timed.check(hc.post(timed.port, "/predict", json.dumps(value).encode()), valid)
 
 
-@fuzz_settings(80)
+@fuzz_settings(60)
 @given(body=st.binary(max_size=512))
 def test_fuzz_random_bytes(timed, body: bytes) -> None:
     try:
@@ -194,13 +194,13 @@ def test_fuzz_random_bytes(timed, body: bytes) -> None:
 VALID_BODY = rows_of("0.25", 2)
 
 
-@fuzz_settings(60)
+@fuzz_settings(40)
 @given(body=hc.truncations(VALID_BODY))
 def test_fuzz_truncated_bodies(timed, body: bytes) -> None:
     timed.check(hc.post(timed.port, "/predict", body), False)
 
 
-@fuzz_settings(40)
+@fuzz_settings(30)
 @given(number=hc.huge_number_texts)
 def test_fuzz_huge_numbers(timed, number: str) -> None:
     body = rows_of(number)
@@ -211,14 +211,14 @@ def test_fuzz_huge_numbers(timed, number: str) -> None:
     timed.check(hc.post(timed.port, "/predict", body), valid)
 
 
-@fuzz_settings(40)
+@fuzz_settings(30)
 @given(content_type=hc.content_types, valid_body=st.booleans())
 def test_fuzz_content_types(timed, content_type: str | None, valid_body: bool) -> None:
     body = VALID_BODY if valid_body else b"{}"
     timed.check(hc.post(timed.port, "/predict", body, content_type), valid_body and hc.json_content_type(content_type))
 
 
-@fuzz_settings(30)
+@fuzz_settings(20)
 @given(pieces=st.integers(2, 6), pause_ms=st.integers(0, 8), mode=st.sampled_from(["slow", "short", "chunked", "bad chunk"]),
        cut=st.integers(1, 50))  # fmt: skip
 def test_fuzz_slow_and_partial_sends(timed, pieces: int, pause_ms: int, mode: str, cut: int) -> None:
@@ -239,7 +239,7 @@ def test_fuzz_slow_and_partial_sends(timed, pieces: int, pause_ms: int, mode: st
 BINARY_BODY, BINARY_HEADERS = oip.binary_request(np.full((2, WIDTH), 0.5, np.float32))
 
 
-@fuzz_settings(60)
+@fuzz_settings(40)
 @given(cut=st.integers(0, len(BINARY_BODY)), noise=st.binary(max_size=16), header_delta=st.integers(-3, 3))
 def test_fuzz_binary_inference_bodies(timed, cut: int, noise: bytes, header_delta: int) -> None:
     """The Open Inference Protocol route with its binary framing cut, padded and mislabelled."""
