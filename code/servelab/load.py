@@ -160,14 +160,6 @@ def run_coro(coro: Coroutine[Any, Any, T]) -> T:
     return box["value"]
 
 
-def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion, also from a notebook whose event loop is running.
-
-    The public form of the helper every client here uses (e.g. :mod:`servelab.overload`).
-    """
-    return _run_coro(coro)
-
-
 def _check_positive(**values: float) -> None:
     for name, value in values.items():
         if not value > 0:

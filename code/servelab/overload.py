@@ -214,7 +214,7 @@ def open_loop_with_retries(
         raise ValueError("need rate > 0, duration_s > 0 and grace_s >= 0")
     coro = _run_with_retries(url, rate, duration_s, body, headers, policy, grace_s, seed)
     cap_s = duration_s + grace_s + load.HARD_CAP_EXTRA_S
-    return load.run_coroutine(asyncio.wait_for(coro, cap_s))
+    return load.run_coro(asyncio.wait_for(coro, cap_s))
 
 
 @dataclass(frozen=True)
