@@ -13,6 +13,21 @@ With an :class:`AIMD` policy the cap on the batch size adapts, after Clipper
 that ran faster than ``target_ms`` and is cut to ``backoff`` × itself after
 any batch that ran slower.
 
+Overload protection (both off by default, so the queue is unbounded and
+every item is computed, however late):
+
+- ``max_queue``: at most that many items wait; :meth:`DynamicBatcher.submit`
+  raises :class:`QueueFull` at once for the next one (a server answers 503
+  with ``Retry-After``), instead of queueing work it cannot finish in time.
+- deadlines: ``submit(item, deadline=t)`` (a ``time.monotonic()`` time), or
+  ``default_deadline_ms`` for every item. An item that can no longer finish
+  by its deadline (now plus the recent batch time is past it) is dropped
+  before compute and its future fails with :class:`DeadlineExceeded`.
+
+Every submitted item's future is resolved exactly once: with its result, its
+batch's exception, :class:`DeadlineExceeded`, or cancelled by its caller.
+``stats()`` counts each outcome, and ``shed`` for the refused ones.
+
 Nothing here knows about torch or HTTP: ``forward`` is any function from a
 list of items to a list of results of the same length.
 Taught in: chapters/04_batching.ipynb.
@@ -21,6 +36,7 @@ Taught in: chapters/04_batching.ipynb.
 from __future__ import annotations
 
 import asyncio
+import math
 import queue
 import threading
 import time
@@ -39,6 +55,19 @@ _STOP = object()  # sentinel: everything queued before it is served, then the th
 
 class BatcherClosed(RuntimeError):
     """The batcher no longer accepts items (it is shutting down or shut down)."""
+
+
+class QueueFull(RuntimeError):
+    """The queue holds ``max_queue`` items: this one is refused (shed) without queueing."""
+
+    def __init__(self, depth: int, retry_after_s: float) -> None:
+        super().__init__(f"the batcher's queue is full ({depth} items waiting)")
+        self.depth = depth
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(TimeoutError):
+    """The item could no longer finish by its deadline, so it was dropped before compute."""
 
 
 @dataclass
@@ -80,6 +109,7 @@ class _Pending:
     future: Future
     units: int
     enqueued: float  # time.monotonic() at submit
+    deadline: float = math.inf  # time.monotonic() by which its answer must be ready
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -100,12 +130,21 @@ class DynamicBatcher(Generic[T, R]):
         units: Callable[[T], int] | None = None,
         history: int = 20_000,
         name: str = "batcher",
+        max_queue: int | None = None,
+        default_deadline_ms: float | None = None,
     ) -> None:
         """``units(item)`` says how many rows an item holds (default 1); a batch holds
         at most ``max_batch`` units, except a single item bigger than that, which runs alone.
-        ``history`` bounds how many batch times are kept for the statistics."""
+        ``history`` bounds how many batch times are kept for the statistics.
+        ``max_queue`` (None: unbounded) and ``default_deadline_ms`` (None: no deadline)
+        protect against overload; see the module's docstring."""
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError(f"need max_batch >= 1 and max_wait_ms >= 0, got {max_batch}, {max_wait_ms}")
+        _check_overload_settings(max_queue, default_deadline_ms)
+        self.max_queue = max_queue
+        self.default_deadline_ms = default_deadline_ms
+        self._outstanding = 0  # submitted and not yet resolved; never reset, unlike the statistics
+        self._recent_batch_s = 0.0  # moving average of batch times: how long a dispatched batch takes
         self._forward = forward
         self._units = units or (lambda _item: 1)
         self._queue: queue.Queue = queue.Queue()
@@ -122,23 +161,57 @@ class DynamicBatcher(Generic[T, R]):
         self._thread.start()
 
     # ---- callers ------------------------------------------------------------
-    def submit(self, item: T) -> Future:
-        """Queue one item; the future resolves to its result (or its batch's exception)."""
-        pending = _Pending(item, Future(), max(1, int(self._units(item))), time.monotonic())
+    def submit(self, item: T, deadline: float | None = None) -> Future:
+        """Queue one item; the future resolves to its result (or its batch's exception).
+
+        ``deadline`` is a ``time.monotonic()`` time (default: now + ``default_deadline_ms``,
+        or none). Raises :class:`QueueFull` at once when ``max_queue`` items wait.
+        """
+        now = time.monotonic()
+        pending = _Pending(item, Future(), max(1, int(self._units(item))), now)
+        pending.future.add_done_callback(self._resolved)
         with self._lock:
             if self._closed:
                 raise BatcherClosed("the batcher is shut down")
+            self._refuse_if_full()
+            if deadline is None and self.default_deadline_ms is not None:
+                deadline = now + self.default_deadline_ms / 1e3
+            pending.deadline = math.inf if deadline is None else deadline
             self._submitted += 1
+            self._outstanding += 1
             self._queue.put(pending)  # under the lock, so nothing slips in after the stop sentinel
         return pending.future
+
+    def refuse_if_full(self) -> None:
+        """Raise :class:`QueueFull` (and count the item as shed) if a submit now would be refused.
+
+        A server calls it before parsing a request, so an overloaded server
+        spends no CPU on requests it will refuse anyway.
+        """
+        with self._lock:
+            self._refuse_if_full()
+
+    def _refuse_if_full(self) -> None:  # with the lock held
+        depth = self._queue.qsize()
+        if self.max_queue is not None and depth >= self.max_queue:
+            self._shed += 1
+            raise QueueFull(depth, self._drain_estimate_s(depth))
+
+    def _drain_estimate_s(self, depth: int) -> float:
+        """About how long the queue takes to empty: batches ahead × the recent batch time."""
+        return math.ceil(depth / max(1, self.cap)) * self._recent_batch_s
+
+    def _resolved(self, _future: Future) -> None:
+        with self._lock:
+            self._outstanding -= 1
 
     def __call__(self, item: T, timeout: float | None = None) -> R:
         """Submit and wait: the blocking form, for threaded servers."""
         return self.submit(item).result(timeout)
 
-    async def submit_async(self, item: T) -> R:
+    async def submit_async(self, item: T, deadline: float | None = None) -> R:
         """Submit and await: the form for asyncio servers (the event loop never blocks)."""
-        return await asyncio.wrap_future(self.submit(item))
+        return await asyncio.wrap_future(self.submit(item, deadline))
 
     # ---- settings -----------------------------------------------------------
     @property
@@ -152,13 +225,21 @@ class DynamicBatcher(Generic[T, R]):
         max_batch: int | None = None,
         max_wait_ms: float | None = None,
         adaptive: AIMD | None | str = "keep",
+        max_queue: int | None | str = "keep",
+        default_deadline_ms: float | None | str = "keep",
     ) -> None:
         """Change settings while serving; they apply from the next batch.
 
         ``adaptive=None`` switches AIMD off (cap = ``max_batch``); an :class:`AIMD`
         switches it on, restarting the cap from its ``start_cap`` (default ``max_batch``).
+        ``max_queue`` and ``default_deadline_ms``: None switches them off, ``"keep"`` keeps them.
+        Items already queued keep the deadline they were given.
         """
         with self._lock:
+            new_queue = self.max_queue if max_queue == "keep" else max_queue
+            new_deadline = self.default_deadline_ms if default_deadline_ms == "keep" else default_deadline_ms
+            _check_overload_settings(new_queue, new_deadline)  # type: ignore[arg-type]
+            self.max_queue, self.default_deadline_ms = new_queue, new_deadline  # type: ignore[assignment]
             if max_batch is not None:
                 if max_batch < 1:
                     raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -184,6 +265,8 @@ class DynamicBatcher(Generic[T, R]):
             self._answered = 0
             self._failed = 0
             self._cancelled = 0
+            self._shed = 0
+            self._expired = 0
             self._batches = 0
             self._failed_batches = 0
             self._sizes: Counter[int] = Counter()
@@ -201,11 +284,16 @@ class DynamicBatcher(Generic[T, R]):
                 "max_wait_ms": self.max_wait_ms,
                 "adaptive_target_ms": self.adaptive.target_ms if self.adaptive else None,
                 "cap": self.cap,
+                "max_queue": self.max_queue,
+                "default_deadline_ms": self.default_deadline_ms,
                 "queue_depth": self._queue.qsize(),
+                "outstanding": self._outstanding,
                 "submitted": self._submitted,
                 "answered": self._answered,
                 "failed": self._failed,
                 "cancelled": self._cancelled,
+                "shed": self._shed,
+                "expired": self._expired,
                 "batches": self._batches,
                 "failed_batches": self._failed_batches,
                 "batch_size_histogram": {str(k): v for k, v in sorted(self._sizes.items())},
@@ -263,13 +351,29 @@ class DynamicBatcher(Generic[T, R]):
                 break
             if nxt is _STOP:
                 return batch, None, True
+            if self._expire_if_late(nxt):
+                continue
             if units + nxt.units > cap:
                 return batch, nxt, False
             batch.append(nxt)
             units += nxt.units
         return batch, None, False
 
+    def _expire_if_late(self, pending: _Pending) -> bool:
+        """Fail ``pending`` with DeadlineExceeded if it cannot finish by its deadline; True if it did."""
+        if time.monotonic() + self._recent_batch_s <= pending.deadline:
+            return False
+        if pending.future.set_running_or_notify_cancel():
+            pending.future.set_exception(DeadlineExceeded("dropped before compute: it could not meet its deadline"))
+            with self._lock:
+                self._expired += 1
+        else:
+            with self._lock:
+                self._cancelled += 1
+        return True
+
     def _serve(self, batch: list[_Pending]) -> None:
+        batch = [p for p in batch if not self._expire_if_late(p)]  # the wait for the batch may have made some late
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
         dispatched = time.monotonic()
         wait_ms = sum(dispatched - p.enqueued for p in live) * 1e3
@@ -297,6 +401,9 @@ class DynamicBatcher(Generic[T, R]):
             self._batches += 1
             self._sizes[units] += 1
             self._batch_ms.append(batch_ms)
+            # A moving average, not the last batch: one slow batch should not expire a whole queue.
+            seconds = batch_ms / 1e3
+            self._recent_batch_s = seconds if not self._recent_batch_s else 0.8 * self._recent_batch_s + 0.2 * seconds
             self._wait_ms_sum += wait_ms
             if error is None:
                 self._answered += len(live)
@@ -306,6 +413,13 @@ class DynamicBatcher(Generic[T, R]):
             if self.adaptive is not None:
                 self._cap = self.adaptive.next_cap(self._cap, units, batch_ms, self.max_batch)
             self._cap_trace.append((round(time.monotonic() - self._start_clock, 4), self.cap))
+
+
+def _check_overload_settings(max_queue: int | None, default_deadline_ms: float | None) -> None:
+    if max_queue is not None and (isinstance(max_queue, bool) or not isinstance(max_queue, int) or max_queue < 1):
+        raise ValueError(f"max_queue must be None or an integer >= 1, got {max_queue!r}")
+    if default_deadline_ms is not None and not default_deadline_ms > 0:
+        raise ValueError(f"default_deadline_ms must be None or > 0, got {default_deadline_ms!r}")
 
 
 def _summary_ms(times: np.ndarray) -> dict[str, float]:

@@ -19,10 +19,12 @@ from __future__ import annotations
 import os
 
 import torch
-from flask import Flask, jsonify
+from flask import Flask, jsonify, request
+from gunicorn.http.errors import ParseException as GunicornParseError
 from werkzeug.exceptions import HTTPException
 
 from servelab.apps.mlp import build_mlp
+from servelab.apps.validation import RequestError, check_body_complete
 
 
 def configure_torch_threads() -> int:
@@ -72,6 +74,24 @@ def after_fork() -> None:
 def json_error(status: int, message: str):  # noqa: ANN201 - a Flask response tuple
     """A JSON error body with the HTTP status."""
     return jsonify(error=message, status=status), status
+
+
+def request_error(exc: RequestError):  # noqa: ANN201 - a Flask response tuple
+    """The JSON answer to a client mistake found by :mod:`servelab.apps.validation`."""
+    return jsonify(exc.body()), exc.status
+
+
+def read_request_body() -> bytes:
+    """The current request's whole body; 400 if it ended early or its chunked framing is broken.
+
+    Over ``MAX_CONTENT_LENGTH``, Flask raises its 413 (a JSON answer, see :func:`make_app`).
+    """
+    try:
+        body = request.get_data()
+    except (OSError, GunicornParseError) as exc:  # gunicorn's InvalidChunkSize, NoMoreData: the client's bytes
+        raise RequestError(400, f"the request body could not be read: {type(exc).__name__}: {exc}") from None
+    check_body_complete(len(body), request.content_length)
+    return body
 
 
 def make_app(name: str) -> Flask:

@@ -4,7 +4,13 @@
 the model's width, or ``{"batch": n}`` for a synthetic input made on the
 server (cheap to send, so the load test measures the model, not JSON
 parsing). ``"python_work": k`` adds k iterations of pure-Python work first,
-like tokenisation would, which holds the GIL.
+like tokenisation would, which holds the GIL. One of ``inputs`` and
+``batch`` is required (``{}`` is a 422); every client mistake gets its own
+4xx JSON error (:mod:`servelab.apps.validation`), never a 500.
+
+The Open Inference Protocol (KServe v2) routes sit beside it:
+``/v2/health/live``, ``/v2/health/ready``, ``/v2/models/mlp`` and
+``POST /v2/models/mlp/infer`` with JSON or binary tensors (:mod:`servelab.apps.oip`).
 
 Simulated stalls (off by default): with ``SERVELAB_SLOW_FRACTION=0.02`` a
 random 2% of ``/predict`` requests first sleep ``SERVELAB_SLOW_MS`` (default
@@ -21,11 +27,14 @@ import random
 import time
 
 import torch
-from flask import jsonify, request
+from flask import Response, jsonify, request
 
-from servelab.apps.common import MODEL, configure_torch_threads, env_int, json_error, make_app
+from servelab.apps import oip
+from servelab.apps.common import MODEL, configure_torch_threads, env_int, make_app, read_request_body, request_error
+from servelab.apps.validation import MAX_ROWS, BadInput, RequestError, parse_inputs, validate_predict_body
 
-MAX_BATCH = 256
+__all__ = ["app", "BadInput", "parse_inputs", "python_work", "simulated_stall_s", "top_classes"]
+MAX_BATCH = MAX_ROWS  # most rows per request (servelab.apps.validation checks it)
 PYLOOP_ITERS = env_int("SERVELAB_PYLOOP_ITERS", 150_000)
 SLOW_FRACTION = float(os.environ.get("SERVELAB_SLOW_FRACTION", "0"))
 SLOW_MS = float(os.environ.get("SERVELAB_SLOW_MS", "50"))
@@ -55,51 +64,68 @@ def simulated_stall_s(fraction: float, stall_ms: float, draw: float) -> float:
     return stall_ms / 1e3 if draw < fraction else 0.0
 
 
-class BadInput(ValueError):
-    """The request's JSON does not describe a valid input."""
-
-
-def parse_inputs(payload: object, width: int) -> torch.Tensor:
-    """Validate a /predict payload and turn it into a (batch, width) tensor."""
-    if not isinstance(payload, dict):
-        raise BadInput('body must be a JSON object like {"inputs": [[...]]} or {"batch": 1}')
-    if "inputs" in payload:
-        rows = payload["inputs"]
-        if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
-            raise BadInput('"inputs" must be a non-empty list of rows')
-        if len(rows) > MAX_BATCH:
-            raise BadInput(f"at most {MAX_BATCH} rows per request, got {len(rows)}")
-        if any(len(r) != width for r in rows):
-            raise BadInput(f"every row must have {width} numbers")
-        try:
-            return torch.tensor(rows, dtype=torch.float32)
-        except (TypeError, ValueError) as exc:
-            raise BadInput(f"inputs must be numbers: {exc}") from None
-    batch = payload.get("batch", 1)
-    if not isinstance(batch, int) or isinstance(batch, bool) or not 1 <= batch <= MAX_BATCH:
-        raise BadInput(f'"batch" must be an integer from 1 to {MAX_BATCH}')
-    return torch.randn(batch, width)
+def top_classes(x: torch.Tensor) -> list[int]:
+    """The model's answer for each row: the index of its largest output."""
+    with torch.inference_mode():
+        return MODEL.load()(x).argmax(dim=1).tolist()
 
 
 @app.post("/predict")
 def predict():  # noqa: ANN201
-    payload = request.get_json(silent=True)
-    if payload is None:
-        return json_error(400, "body is not valid JSON (send Content-Type: application/json)")
     try:
-        x = parse_inputs(payload, MODEL.width)
-        work = payload.get("python_work", 0)
-        if not isinstance(work, int) or not 0 <= work <= 10_000_000:
-            raise BadInput('"python_work" must be an integer from 0 to 10000000')
-    except BadInput as exc:
-        return json_error(422, str(exc))
+        req = validate_predict_body(read_request_body(), request.content_type, MODEL.width)
+    except RequestError as exc:
+        return request_error(exc)
     stall = simulated_stall_s(SLOW_FRACTION, SLOW_MS, random.random())
     if stall:
         time.sleep(stall)  # random reseeds after fork, so workers stall independently
-    python_work(work)
-    with torch.inference_mode():
-        y = MODEL.load()(x)
-    return jsonify(pid=os.getpid(), batch=int(x.shape[0]), top=y.argmax(dim=1).tolist())
+    python_work(req.python_work)
+    return jsonify(pid=os.getpid(), batch=int(req.inputs.shape[0]), top=top_classes(req.inputs))
+
+
+# ---- the Open Inference Protocol (KServe v2), beside /predict: see servelab.apps.oip
+def oip_error(exc: RequestError):  # noqa: ANN201 - a Flask response tuple
+    return jsonify(oip.error_body(exc)), exc.status
+
+
+@app.get("/v2")
+def oip_server_metadata():  # noqa: ANN201
+    return jsonify(oip.server_metadata())
+
+
+@app.get("/v2/health/live")
+def oip_live():  # noqa: ANN201
+    return jsonify(live=True)
+
+
+@app.get("/v2/health/ready")
+def oip_ready():  # noqa: ANN201
+    return jsonify(ready=MODEL.model is not None)
+
+
+@app.get("/v2/models/<name>", defaults={"version": None, "ready": False})
+@app.get("/v2/models/<name>/versions/<version>", defaults={"ready": False})
+@app.get("/v2/models/<name>/ready", defaults={"version": None, "ready": True})
+@app.get("/v2/models/<name>/versions/<version>/ready", defaults={"ready": True})
+def oip_model(name: str, version: str | None, ready: bool):  # noqa: ANN201
+    """The model's metadata, or (``.../ready``) whether it is ready."""
+    try:
+        oip.check_model(name, version)
+    except RequestError as exc:
+        return oip_error(exc)
+    return jsonify(name=name, ready=MODEL.model is not None) if ready else jsonify(oip.model_metadata(MODEL.width))
+
+
+@app.post("/v2/models/<name>/infer")
+@app.post("/v2/models/<name>/versions/<version>/infer")
+def oip_infer(name: str, version: str | None = None):  # noqa: ANN201
+    try:
+        oip.check_model(name, version)
+        req = oip.parse_infer_request(read_request_body(), request.headers.get(oip.HEADER_LENGTH), MODEL.width)
+    except RequestError as exc:
+        return oip_error(exc)
+    answer = oip.infer_response(top_classes(req.inputs), req)
+    return Response(answer.body, status=200, headers=answer.headers)
 
 
 @app.get("/pyloop")
