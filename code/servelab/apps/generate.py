@@ -421,15 +421,21 @@ def start(
     torch_threads: int = 1,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 120.0,
+    wait: bool = True,
 ) -> servers.Server:
-    """Start the generation server as a guarded process on a free port; returns once it answers."""
+    """Start the generation server as a guarded process on a free port; returns once it answers.
+
+    ``wait=False`` returns at once (call ``wait_ready()`` later), so two servers can load side by side.
+    """
     port = servers.free_port()
     cmd = [sys.executable, "-m", "servelab.apps.generate", "--port", str(port), "--model-dir", str(model_dir),
            "--engine", engine, "--num-blocks", str(num_blocks), "--page-size", str(page_size),
            "--max-batch-tokens", str(max_batch_tokens), "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]  # fmt: skip
     full_env = {**servers.torch_thread_env(torch_threads), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "TRANSFORMERS_VERBOSITY": "error", **(env or {})}  # fmt: skip
-    return servers.start(cmd, port=port, name=f"generate-{engine}", env=full_env, ready_timeout=ready_timeout)
+    # A measurement server has no work worth draining: after 1 s the guard SIGKILLs what is left.
+    server = servers.Server(cmd, port=port, name=f"generate-{engine}", env=full_env, grace_s=1.0)
+    return server.wait_ready(ready_timeout) if wait else server
 
 
 def engine_info(server_url: str, **settings: Any) -> dict[str, Any]:
