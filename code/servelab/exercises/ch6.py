@@ -50,11 +50,11 @@ def check_ttft_prediction(answer_ms: object, fit: LineFit, tokens: int) -> bool:
     """Exercise 3: TTFT at ``tokens`` from the measured line (ms)."""
     expected = float(fit(tokens)) * 1e3
     hint = "Extend the line: slope (s per token) × tokens + intercept, in milliseconds."
-    if _near(answer_ms, expected / 1e3, rel=0.05):
+    if _near(answer_ms, expected / 1e3, rel=0.02):
         hint = "Right number in seconds; the check wants milliseconds."
-    elif _near(answer_ms, fit.slope * tokens * 1e3, rel=0.05):
+    elif _near(answer_ms, fit.slope * tokens * 1e3, rel=0.01):
         hint = "Do not forget the intercept: the fixed cost of a request before its prompt."
-    return check(answer_ms, expected, rel_tol=0.05, name=f"predicted TTFT at {tokens} tokens (ms)", hint=hint)
+    return check(answer_ms, expected, rel_tol=0.02, name=f"predicted TTFT at {tokens} tokens (ms)", hint=hint)
 
 
 #: Exercise 4's choices.
