@@ -657,7 +657,7 @@ def claim_ttft_grows(points: Sequence[PromptPoint], factor: float = 2.0) -> clai
         "prefill should grow with the prompt")
 
 
-def claim_tpot_flat(points: Sequence[PromptPoint], most: float = 3.0) -> claims.Claim:
+def claim_tpot_flat(points: Sequence[PromptPoint], most: float = 4.0) -> claims.Claim:
     """TPOT changes far less than TTFT between the shortest and the longest prompt: its ratio is at most a
     quarter of TTFT's, and at most ``most``."""
     first, last = points[0], points[-1]
