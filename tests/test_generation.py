@@ -214,6 +214,10 @@ def test_prompt_claims_hold_and_break() -> None:
     growing_tpot = prompts([0.02, 0.03, 0.06, 0.25], [0.010, 0.015, 0.03, 0.04])
     claim = generation.claim_tpot_flat(growing_tpot)
     assert claim.outcome == claims.FAILED and "barely notice" in claim.message
+    disturbed = [PromptPoint(p.prompt_tokens, p.ttft_s, p.tpot_s, 3, True) for p in growing_tpot]
+    skipped = generation.claim_tpot_flat(disturbed)
+    assert skipped.outcome == claims.SKIPPED and skipped.skip_kind == "contended" and "barely notice" in skipped.message
+    assert generation.claim_tpot_flat([PromptPoint(p.prompt_tokens, p.ttft_s, p.tpot_s, 3, True) for p in good]).held
 
 
 def test_cache_claim_needs_a_growing_margin() -> None:

@@ -651,10 +651,10 @@ def claim_ttft_grows(points: Sequence[PromptPoint], factor: float = 2.0) -> clai
     """TTFT at the longest prompt is at least ``factor`` × TTFT at the shortest."""
     first, last = points[0], points[-1]
     ratio = last.ttft_s / first.ttft_s
-    return claims.at_least(
+    return _skip_if_disturbed(claims.at_least(
         "ch6.ttft_grows", f"TTFT at a {last.prompt_tokens}-token prompt is at least {factor:g}× TTFT at {first.prompt_tokens}.",
         ratio, factor, fail=f"TTFT went from {first.ttft_s * 1e3:.1f} ms to {last.ttft_s * 1e3:.1f} ms only ({ratio:.2f}×): "
-        "prefill should grow with the prompt")
+        "prefill should grow with the prompt"), first.contended or last.contended)
 
 
 def claim_tpot_flat(points: Sequence[PromptPoint], most: float = 4.0) -> claims.Claim:
@@ -663,10 +663,19 @@ def claim_tpot_flat(points: Sequence[PromptPoint], most: float = 4.0) -> claims.
     first, last = points[0], points[-1]
     ttft_ratio, tpot_ratio = last.ttft_s / first.ttft_s, last.tpot_s / first.tpot_s
     bound = min(most, ttft_ratio / 4)
-    return claims.at_most(
+    claim = claims.at_most(
         "ch6.tpot_flat", f"TPOT grows far less with the prompt than TTFT (at most a quarter of TTFT's ratio, and {most:g}×).",
         tpot_ratio, bound, fail=f"TPOT grew {tpot_ratio:.2f}× while TTFT grew {ttft_ratio:.2f}×: decoding should barely "
         "notice the prompt's length")
+    return _skip_if_disturbed(claim, first.contended or last.contended)
+
+
+def _skip_if_disturbed(claim: claims.Claim, contended: bool) -> claims.Claim:
+    """A claim that failed on points other programs disturbed (even after a retry) is skipped, not failed."""
+    if claim.held or not contended:
+        return claim
+    return claims.skipped(claim.id, claim.sentence, kind="contended", measured=claim.measured, bound=claim.bound,
+                          reason=f"other programs took CPU while it was measured; unchecked: {claim.message}")
 
 
 def claim_cache_margin_grows(points: Sequence[StepPoint], at_least_last: float = 2.0) -> claims.Claim:
