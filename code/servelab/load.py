@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Coroutine, TypeVar
+from typing import Any, Coroutine, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -604,3 +604,191 @@ def open_loop(
     cap_s = warmup_s + duration_s + 2 * grace_s + HARD_CAP_EXTRA_S
     coro = _open_loop_asyncio(request, rate, duration_s, grace_s, warmup_s, seed, max_in_flight)
     return run_coro(asyncio.wait_for(coro, cap_s))
+
+
+# --------------------------------------------------------------------------- streamed completions
+
+
+@dataclass
+class StreamRecord:
+    """One streamed completion (OpenAI server-sent events). Times in seconds from its scheduled send.
+
+    ``token_times`` holds the arrival of every event that carried text. The metrics follow vLLM's
+    ``benchmarks/serve.py``: TTFT is the first token's arrival, ITL each gap between consecutive
+    tokens, latency the last token's arrival, and TPOT = (latency − TTFT) / (output tokens − 1).
+    ``status`` is the HTTP status, or None when no answer came (socket error, or still streaming
+    at the deadline: then ``unfinished``). Taught in: chapters/06_generative.ipynb.
+    """
+
+    scheduled_s: float
+    status: int | None = None
+    token_times: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    send_lag_s: float = math.inf
+    unfinished: bool = False
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Answered 200, streamed to the end, at least one token, no error event."""
+        return self.status == 200 and not self.unfinished and not self.error and self.output_tokens > 0
+
+    @property
+    def ttft(self) -> float:
+        """Time to first token (inf if none came)."""
+        return self.token_times[0] if self.token_times else math.inf
+
+    @property
+    def latency(self) -> float:
+        """Time to the last token (inf unless the stream finished)."""
+        return self.token_times[-1] if self.token_times and not self.unfinished else math.inf
+
+    @property
+    def itl(self) -> np.ndarray:
+        """Inter-token latencies: the gaps between consecutive tokens."""
+        return np.diff(np.asarray(self.token_times, dtype=float))
+
+    @property
+    def tpot(self) -> float:
+        """Time per output token after the first: (latency − TTFT) / (output tokens − 1); nan below 2 tokens."""
+        if self.output_tokens < 2 or not math.isfinite(self.latency):
+            return math.nan
+        return (self.latency - self.ttft) / (self.output_tokens - 1)
+
+
+@dataclass
+class StreamRun:
+    """Streamed completions sent on a schedule. ``sent == ok + errors + unfinished``.
+
+    Taught in: chapters/06_generative.ipynb.
+    """
+
+    records: list[StreamRecord]
+    duration_s: float
+    wall_s: float
+    client_cpu_cores: float
+
+    @property
+    def sent(self) -> int:
+        return len(self.records)
+
+    @property
+    def ok(self) -> int:
+        return sum(r.ok for r in self.records)
+
+    @property
+    def unfinished(self) -> int:
+        return sum(r.unfinished for r in self.records)
+
+    @property
+    def errors(self) -> int:
+        """Requests answered with an error (HTTP status, error event) or not at all (socket error)."""
+        return sum(not r.ok and not r.unfinished for r in self.records)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(r.output_tokens for r in self.records if r.ok)
+
+    def tokens_per_s(self) -> float:
+        """Output tokens of the finished requests per second, from the first send to the last token."""
+        ends = [r.scheduled_s + r.latency for r in self.records if r.ok]
+        window = max([self.duration_s, *ends]) if ends else self.duration_s
+        return self.output_tokens / window if window > 0 else 0.0
+
+
+def parse_sse_line(line: bytes) -> dict[str, Any] | str | None:
+    """One ``data:`` line of a server-sent event stream: the JSON, ``"[DONE]"``, or None."""
+    text = line.decode(errors="replace").strip()
+    if not text.startswith("data:"):
+        return None
+    data = text[len("data:"):].strip()
+    return data if data == "[DONE]" else json.loads(data)
+
+
+def event_text(event: dict[str, Any]) -> str:
+    choices = event.get("choices") or [{}]
+    return choices[0].get("text") or (choices[0].get("delta") or {}).get("content") or ""
+
+
+async def _stream_one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict[str, str],
+                      record: StreamRecord, scheduled: float) -> None:
+    """Send one streaming request and time its tokens from ``scheduled`` (a perf_counter time)."""
+    record.send_lag_s = time.perf_counter() - scheduled
+    usage_tokens = None
+    try:
+        async with session.post(url, data=body, headers=headers) as response:
+            record.status = response.status
+            if response.status != 200:
+                record.error = (await response.read()).decode(errors="replace")[:300]
+                return
+            async for line in response.content:
+                event = parse_sse_line(line)
+                if event is None or event == "[DONE]":
+                    continue
+                if "error" in event:
+                    record.error = str(event["error"])[:300]
+                    continue
+                if event_text(event):
+                    record.token_times.append(time.perf_counter() - scheduled)
+                usage_tokens = (event.get("usage") or {}).get("completion_tokens", usage_tokens)
+    except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
+        record.status, record.error = None, f"{type(exc).__name__}: {exc}"[:300]
+    record.output_tokens = usage_tokens if usage_tokens is not None else len(record.token_times)
+
+
+async def _streams_on_schedule(url: str, schedule: np.ndarray, bodies: list[bytes], headers: dict[str, str],
+                               deadline_s: float) -> StreamRun:
+    records = [StreamRecord(float(t)) for t in schedule]
+    connector = aiohttp.TCPConnector(limit=_connection_budget(len(records) + 1))
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=REQUEST_TIMEOUT_S, sock_read=REQUEST_TIMEOUT_S)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        cpu0, start = time.process_time(), time.perf_counter()
+        tasks = []
+        for record, body in zip(records, bodies):
+            wait = start + record.scheduled_s - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            tasks.append(asyncio.create_task(_stream_one(session, url, body, headers, record, start + record.scheduled_s)))
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, start + deadline_s - time.perf_counter()))
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        wall = time.perf_counter() - start
+        cpu = time.process_time() - cpu0
+    for record, task in zip(records, tasks):
+        if task.cancelled():  # still streaming at the deadline: counted, never dropped
+            record.unfinished, record.status = True, None
+    return StreamRun(records, float(schedule[-1]) if len(schedule) else 0.0, wall, cpu / wall if wall > 0 else 0.0)
+
+
+def streams_on_schedule(
+    url: str,
+    schedule: Sequence[float],
+    bodies: Sequence[bytes],
+    *,
+    deadline_s: float,
+    headers: dict[str, str] | None = None,
+) -> StreamRun:
+    """Send streaming completion requests ``bodies[i]`` at ``schedule[i]`` seconds, whatever the server does.
+
+    Each request's tokens are timed from its *scheduled* send (so queueing and a late client count).
+    Requests still streaming ``deadline_s`` after the start are cancelled and counted ``unfinished``.
+    The body is any OpenAI completions (or chat) request with ``"stream": true``; the events are
+    parsed as OpenAI's, so vLLM, ``transformers serve`` or any compatible server answers it.
+    Taught in: chapters/06_generative.ipynb.
+    """
+    check_loopback(url)
+    if len(schedule) != len(bodies):
+        raise ValueError(f"{len(schedule)} send times for {len(bodies)} bodies")
+    _check_positive(deadline_s=deadline_s)
+    order = np.argsort(np.asarray(schedule, dtype=float), kind="stable")
+    times = np.asarray(schedule, dtype=float)[order]
+    sorted_bodies = [bodies[i] for i in order]
+    coro = _streams_on_schedule(url, times, sorted_bodies, {"Content-Type": "application/json", **(headers or {})},
+                                deadline_s)  # fmt: skip
+    run = run_coro(asyncio.wait_for(coro, deadline_s + HARD_CAP_EXTRA_S))
+    back = np.empty_like(order)
+    back[order] = np.arange(order.size)
+    run.records = [run.records[i] for i in back]  # in the caller's order
+    return run
