@@ -113,6 +113,7 @@ def measure_rate(
     *,
     path: str = "/predict",
     body: bytes = b'{"batch": 1}',
+    headers: dict[str, str] | None = None,
     duration_s: float = 3.0,
     warmup_s: float = 0.3,
     grace_s: float = 1.0,
@@ -124,7 +125,8 @@ def measure_rate(
     """Open-loop load on ``server`` at ``rate``/s, measured again if other programs were busy.
 
     ``before()`` runs before each attempt (e.g. reset the server's statistics)
-    and ``after()`` returns extra statistics to keep with the point.
+    and ``after()`` returns extra statistics to keep with the point. ``headers``
+    default to JSON's; a binary body (``servelab.apps.oip.binary_request``) brings its own.
     """
 
     def attempt() -> tuple[load.OpenLoopResult, float, dict[str, Any]]:
@@ -132,7 +134,7 @@ def measure_rate(
             before()
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
         result = load.open_loop(server.url + path, rate=rate, duration_s=duration_s, body=body,
-                                headers=JSON_HEADERS, grace_s=grace_s, warmup_s=warmup_s, seed=seed)  # fmt: skip
+                                headers=headers or JSON_HEADERS, grace_s=grace_s, warmup_s=warmup_s, seed=seed)  # fmt: skip
         server_cores = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         return result, server_cores, (after() if after else {})
 
