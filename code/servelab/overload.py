@@ -424,3 +424,40 @@ def plot_retries(curves: Mapping[str, tuple[Sequence[GoodputPoint], str]], satur
     plots.caption(fig, "The same shedding batching server; naive: up to 3 retries at once; budget: up to 3 retries "
                   "with exponential backoff and full jitter, at most 10% of requests. Hatched: contended.")
     return fig
+
+
+# --------------------------------------------------------------------------- text built from the numbers
+
+
+def format_point(point: GoodputPoint, saturation: float) -> str:
+    """One line per point, for the notebook's running log."""
+    flag = " (contended)" if point.contended else ""
+    return (f"{point.label:22s} {point.rate / saturation:3.1f}× saturation: offered {point.offered_rate:6.1f}/s, "
+            f"attempts {point.attempt_rate:6.1f}/s, goodput {point.goodput:6.1f}/s, p99 {point.p99_s * 1e3:7.0f} ms, "
+            f"refused {point.shed_share:4.0%}, outside load {point.outside_cores:.2f} cores{flag}")
+
+
+def describe_goodput(shedding: Sequence[GoodputPoint], no_shedding: Sequence[GoodputPoint], saturation: float) -> str:
+    """The collapse and the plateau, in words that follow the numbers."""
+    shed_peak, bare_peak = peak_goodput(shedding), peak_goodput(no_shedding)
+    shed_2x, bare_2x = nearest(shedding, 2 * saturation).goodput, nearest(no_shedding, 2 * saturation).goodput
+    bare = (f"Without shedding, goodput peaked at {bare_peak:.1f} answers within the objective per second and fell to "
+            f"{bare_2x / bare_peak:.0%} of that at twice the saturation rate" if bare_peak > 0 else
+            "Without shedding, no answer met the objective at any load")
+    if bare_peak > 0 and bare_2x < 0.5 * bare_peak:
+        bare += ": the collapse. Every request waited behind the whole backlog"
+    shed = (f"with shedding it peaked at {shed_peak:.1f} and kept {shed_2x / shed_peak:.0%} of that at twice the rate"
+            if shed_peak > 0 else "with shedding no answer met the objective either")
+    if shed_peak > 0 and shed_2x >= 0.8 * shed_peak:
+        shed += ": a plateau. The server kept computing full batches of requests that could still be answered in time"
+    return f"{bare}; {shed}."
+
+
+def describe_retries(naive: GoodputPoint, budget: GoodputPoint, none: GoodputPoint) -> str:
+    """What each retry policy did to goodput at the same offered load, in words that follow the numbers."""
+    def versus(point: GoodputPoint) -> str:
+        change = point.goodput / none.goodput - 1 if none.goodput > 0 else 0.0
+        return f"{point.goodput:.1f}/s ({change:+.0%} against no retries)"
+
+    return (f"Goodput was {none.goodput:.1f} requests/s within the objective without retries, {versus(naive)} with "
+            f"naive retries and {versus(budget)} with backoff and a budget.")

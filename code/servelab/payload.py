@@ -257,3 +257,40 @@ def plot_binary_sweeps(sweeps: Mapping[str, tuple[Sequence[rate_sweep.RatePoint]
                   "top edge had a larger p99. Ceiling: max_batch ÷ in-process pass time at max_batch. "
                   + plots.contended_note(every))
     return fig
+
+
+# --------------------------------------------------------------------------- sentences built from the numbers
+
+
+def describe_payload_cost(json_low: CpuPerRequest, binary_low: CpuPerRequest, json_load: CpuPerRequest,
+                          binary_load: CpuPerRequest) -> str:  # fmt: skip
+    """What JSON cost against binary at low load and under load, in words that follow the numbers."""
+    def share(j: CpuPerRequest, b: CpuPerRequest) -> str:
+        extra = j.server_ms - b.server_ms
+        if extra <= 0:
+            return (f"JSON cost {j.server_ms:.2f} ms of server CPU per request and binary {b.server_ms:.2f} ms: "
+                    "no more, within this run's noise")
+        return (f"JSON cost {j.server_ms:.2f} ms of server CPU per request against {b.server_ms:.2f} ms for binary, "
+                f"{extra:.2f} ms more ({100 * extra / j.server_ms:.0f}% of the JSON request's CPU)")
+
+    return (f"Nearly idle, at {json_low.rate:.0f} requests/s, {share(json_low, binary_low)}; the batch-1 forward pass "
+            f"dominates both. Under load, at {json_load.rate:.0f} requests/s with batches of "
+            f"{json_load.mean_batch:.1f} (JSON) and {binary_load.mean_batch:.1f} (binary) on average, "
+            f"{share(json_load, binary_load)}. Outside the forward pass, a JSON request cost "
+            f"{json_load.off_forward_ms:.2f} ms and a binary one {binary_load.off_forward_ms:.2f} ms.")
+
+
+def describe_gap(gap: CeilingGap, at_best: CpuPerRequest) -> str:
+    """Where the rate between the ceiling and what was reached went, in words that follow the numbers."""
+    _, idle, slower = gap.parts().values()
+    text = (f"At that cost per request the batching thread could answer at most {gap.thread_limit:.0f} requests/s "
+            f"if it never idled. ")
+    if slower > 0:
+        text += (f"So {slower:.0f} requests/s of the ceiling are lost to batches smaller than full "
+                 f"ones (a mean of {at_best.mean_batch:.1f} at the best rate) "
+                 "and to forward passes slower than in process, beside an event loop and a load generator. ")
+    else:
+        text += "Its batches cost no more per request than full ones in process. "
+    text += (f"Another {idle:.0f} requests/s are the batching thread's idle time: the headroom that keeps p99 "
+             "within the objective when Poisson bursts arrive.")
+    return text
