@@ -88,3 +88,11 @@ def test_both_payloads_carry_the_same_row():
     bodies = payload.request_bodies(width=16)
     rows = [oip.parse_infer_request(body, headers.get(oip.HEADER_LENGTH), 16).inputs for body, headers in bodies.values()]
     assert (rows[0] == rows[1]).all() and len(bodies["JSON"][0]) > 3 * len(bodies["binary"][0]) - 600
+
+
+def test_overload_claims_skip_when_the_saturation_rate_was_measured_contended():
+    plateau = [goodput_point(50, 48), goodput_point(100, 90), goodput_point(200, 88)]
+    assert overload.claim_collapse_without_shedding(plateau, 100.0, saturation_busy=1.1).skip_kind == "contended"
+    barely = goodput_point(200, 80, attempts=210)
+    assert overload.claim_naive_retries_multiply_load(barely, saturation_busy=1.1).skip_kind == "contended"
+    assert overload.claim_naive_retries_multiply_load(goodput_point(200, 80, attempts=500), saturation_busy=1.1).held
