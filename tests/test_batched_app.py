@@ -99,3 +99,12 @@ def test_reset_returns_the_stats_before_zeroing(server) -> None:
 
 def test_the_environment_of_this_process_is_untouched() -> None:
     assert os.environ.get("SERVELAB_MODEL_WIDTH") != str(WIDTH)
+
+
+def test_stats_count_parse_and_forward_cpu(server) -> None:
+    batched.get_stats(server.url, reset=True)
+    for _ in range(5):
+        assert post(server.url + "/predict", {"inputs": [[0.5] * WIDTH]})[0] == 200
+    stats = batched.get_stats(server.url)
+    assert stats["parsed"] == 5 and stats["parse_cpu_s"] > 0
+    assert 0 < stats["forward_cpu_s"] <= stats["batcher_cpu_s"]

@@ -213,3 +213,20 @@ def test_reset_stats_forgets_counts():
 def test_rejects_nonsense_settings(kwargs):
     with pytest.raises(ValueError):
         DynamicBatcher(Recorder(), **kwargs)
+
+
+def spin_then_sleep(items: list[int]) -> list[int]:
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < 0.02:  # 20 ms of CPU ...
+        pass
+    time.sleep(0.02)  # ... and 20 ms of waiting, which is not CPU
+    return items
+
+
+def test_stats_say_where_the_batching_threads_cpu_went():
+    with DynamicBatcher(spin_then_sleep, max_batch=1, max_wait_ms=0) as batcher:
+        for i in range(5):
+            batcher(i)
+        stats = batcher.stats()
+    assert 0.1 <= stats["forward_cpu_s"] < 0.15, "forward CPU should count the spin, not the sleep"
+    assert stats["forward_cpu_s"] <= stats["batcher_cpu_s"] < stats["forward_cpu_s"] + 0.05

@@ -26,7 +26,10 @@ every item is computed, however late):
 
 Every submitted item's future is resolved exactly once: with its result, its
 batch's exception, :class:`DeadlineExceeded`, or cancelled by its caller.
-``stats()`` counts each outcome, and ``shed`` for the refused ones.
+``stats()`` counts each outcome, and ``shed`` for the refused ones. It also
+says where the batching thread's CPU went: ``forward_cpu_s`` in the forward
+calls, ``batcher_cpu_s`` in all (the rest is forming batches and handing out
+results), both since the last reset.
 
 Nothing here knows about torch or HTTP: ``forward`` is any function from a
 list of items to a list of results of the same length.
@@ -272,6 +275,8 @@ class DynamicBatcher(Generic[T, R]):
             self._sizes: Counter[int] = Counter()
             self._batch_ms: deque[float] = deque(maxlen=self._history)
             self._wait_ms_sum = 0.0
+            self._forward_cpu_s = 0.0  # CPU time of the forward calls, on the batching thread
+            self._thread_cpu_at_reset = self._thread_cpu_s()
             self._cap_trace: deque[tuple[float, int]] = deque(maxlen=2_000)  # the latest caps, for plots
 
     def stats(self) -> dict[str, Any]:
@@ -300,8 +305,20 @@ class DynamicBatcher(Generic[T, R]):
                 "mean_batch_size": (sum(k * v for k, v in self._sizes.items()) / self._batches) if self._batches else 0.0,
                 "batch_ms": _summary_ms(times),
                 "mean_queue_wait_ms": self._wait_ms_sum / served if served else 0.0,
+                "forward_cpu_s": self._forward_cpu_s,
+                "batcher_cpu_s": self._thread_cpu_s() - self._thread_cpu_at_reset,
                 "cap_trace": list(self._cap_trace),
             }
+
+    def _thread_cpu_s(self) -> float:
+        """CPU seconds the batching thread has used: forward passes plus forming batches."""
+        thread = getattr(self, "_thread", None)
+        if thread is None or thread.ident is None or not thread.is_alive():
+            return 0.0
+        try:
+            return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+        except (OSError, AttributeError):  # the thread just ended, or no per-thread clocks (not Linux)
+            return 0.0
 
     # ---- shutdown -------------------------------------------------------------
     def close(self, timeout: float | None = None) -> None:
@@ -379,7 +396,7 @@ class DynamicBatcher(Generic[T, R]):
         wait_ms = sum(dispatched - p.enqueued for p in live) * 1e3
         error: BaseException | None = None
         results: Sequence[Any] = ()
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.thread_time()
         if live:
             try:
                 results = self._forward([p.item for p in live])
@@ -388,6 +405,7 @@ class DynamicBatcher(Generic[T, R]):
             except Exception as exc:  # noqa: BLE001 - every waiting caller gets it
                 error = exc
         batch_ms = (time.perf_counter() - t0) * 1e3
+        forward_cpu_s = time.thread_time() - cpu0  # CPU, not wall: other programs' load does not inflate it
         units = sum(p.units for p in live)
         for i, p in enumerate(live):  # hand out first: callers should not wait on our bookkeeping
             if error is None:
@@ -405,6 +423,7 @@ class DynamicBatcher(Generic[T, R]):
             seconds = batch_ms / 1e3
             self._recent_batch_s = seconds if not self._recent_batch_s else 0.8 * self._recent_batch_s + 0.2 * seconds
             self._wait_ms_sum += wait_ms
+            self._forward_cpu_s += forward_cpu_s
             if error is None:
                 self._answered += len(live)
             else:

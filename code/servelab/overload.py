@@ -17,7 +17,7 @@ and gRPC's retry throttling do.
 :func:`servelab.load.open_loop`) whose every request may be retried under a
 :class:`RetryPolicy`; :func:`goodput_sweep` measures a curve of
 :class:`GoodputPoint` against offered load.
-Taught in: chapters/04_batching.ipynb (overload).
+Taught in: chapters/04b_payloads_overload.ipynb.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Callable, Mapping, Sequence
 import aiohttp
 import numpy as np
 
-from servelab import load, servers
+from servelab import claims, contention, load, plots, servers
 
 #: Statuses that say "overloaded, try again": the ones a client may retry.
 RETRYABLE = frozenset({503, 504})
@@ -228,6 +228,15 @@ class GoodputPoint:
     p99_s: float
     shed_share: float
     budget_refused: int
+    sent: int = 0
+    rate: float = math.nan  # the rate asked for (offered_rate is the Poisson draw's)
+    outside_cores: float = 0.0
+    contended: bool = False
+
+    @property
+    def retries_per_request(self) -> float:
+        """Retries per original request: what the client's policy added on top of the offered load."""
+        return self.attempt_rate / self.offered_rate - 1 if self.offered_rate > 0 else 0.0
 
 
 def goodput_sweep(
@@ -243,27 +252,221 @@ def goodput_sweep(
     duration_s: float = 3.0,
     grace_s: float = 1.0,
     between_points: Callable[[], object] | None = None,
+    retries: int = 1,
 ) -> list[GoodputPoint]:
     """Goodput and p99 at each offered rate, and the load the retries added.
 
     ``between_points`` runs after each point, e.g.
     ``lambda: batched.wait_until_drained(server.url)`` so a backlog left by an
-    overloaded point does not start the next one.
+    overloaded point does not start the next one. A point during which other
+    programs took too much CPU is measured again, up to ``retries`` times, and
+    flagged ``contended`` if it stayed so.
     """
     headers = headers or {"Content-Type": "application/json"}
     points = []
     for i, rate in enumerate(rates):
-        result = open_loop_with_retries(server.url + path, rate=rate, duration_s=duration_s, body=body,
-                                        headers=headers, policy=policy, grace_s=grace_s, seed=i)  # fmt: skip
+        def attempt(rate: float = rate, seed: int = i) -> RetryRunResult:
+            result = open_loop_with_retries(server.url + path, rate=rate, duration_s=duration_s, body=body,
+                                            headers=headers, policy=policy, grace_s=grace_s, seed=seed)  # fmt: skip
+            if between_points is not None:  # inside the attempt: a retry must not start on a backlog either
+                between_points()
+            return result
+
+        measured = contention.measure_uncontended(attempt, retries=retries, pause=0.2)
+        result = measured.value
         points.append(GoodputPoint(
             label=label,
             offered_rate=result.offered_rate,
             attempt_rate=result.attempt_rate,
             goodput=result.goodput(slo_s),
-            p99_s=float(np.percentile(result.latencies, 99)) if result.sent else math.nan,
+            p99_s=float(np.quantile(result.latencies, 0.99, method="higher")) if result.sent else math.nan,  # inf stays inf
             shed_share=float(np.isin(result.statuses, list(RETRYABLE)).mean()) if result.sent else 0.0,
             budget_refused=result.budget_refused,
+            sent=result.sent,
+            rate=float(rate),
+            outside_cores=measured.outside_cores,
+            contended=measured.contended,
         ))  # fmt: skip
-        if between_points is not None:
-            between_points()
     return points
+
+
+def nearest(points: Sequence[GoodputPoint], rate: float) -> GoodputPoint:
+    """The point whose requested rate is closest to ``rate``."""
+    return min(points, key=lambda p: abs(p.rate - rate))
+
+
+def peak_goodput(points: Sequence[GoodputPoint]) -> float:
+    """The highest goodput of a curve (answers within the SLO per second)."""
+    return max(p.goodput for p in points)
+
+
+# --------------------------------------------------------------------------- claims (the chapter's check cell)
+
+
+def _skip_if_contended(claim: claims.Claim, points: Sequence[GoodputPoint],
+                       saturation_busy: float | None) -> claims.Claim:  # fmt: skip
+    """Goodput at one rate against the peak of another: outside load on either can move the ratio either way,
+    and a saturation rate measured while other programs were busy puts "2×" somewhere else."""
+    busy = [p.outside_cores for p in points if p.contended] + ([saturation_busy] if saturation_busy is not None else [])
+    if not busy:
+        return claim
+    return claims.skipped(claim.id, claim.sentence, kind="contended", measured=claim.measured, bound=claim.bound,
+                          reason=f"other programs took up to {max(busy):.2f} cores during {len(busy)} of "
+                                 f"{len(points) + 1} measurements (the overload points and the saturation rate), "
+                                 "after retries")  # fmt: skip
+
+
+def claim_shedding_keeps_goodput(points: Sequence[GoodputPoint], saturation: float, *, factor: float = 2.0,
+                                 bound: float = 0.8, saturation_busy: float | None = None) -> claims.Claim:  # fmt: skip
+    """With load shedding, goodput at ``factor`` × saturation is ≥ ``bound`` × the curve's peak goodput.
+
+    ``saturation_busy``: other programs' load while the saturation rate was measured, if it was contended.
+    """
+    at, peak = nearest(points, factor * saturation), peak_goodput(points)
+    share = at.goodput / peak if peak > 0 else 0.0
+    claim = claims.at_least(
+        "ch4b.shedding_keeps_goodput", f"With load shedding, goodput at {factor:g}× the saturation rate is ≥ "
+        f"{bound:.0%} of the peak goodput.", share, bound, unit="", digits=2,
+        fail=f"with shedding, goodput at {at.rate:.0f}/s offered was {at.goodput:.1f}/s against a peak of {peak:.1f}/s "
+             f"({share:.0%}); a bounded queue with deadlines should keep the server busy on requests it can answer in time")  # fmt: skip
+    return _skip_if_contended(claim, points, saturation_busy)
+
+
+def claim_collapse_without_shedding(points: Sequence[GoodputPoint], saturation: float, *, factor: float = 2.0,
+                                    bound: float = 0.5, saturation_busy: float | None = None) -> claims.Claim:  # fmt: skip
+    """Without shedding, goodput at ``factor`` × saturation falls to ≤ ``bound`` × the curve's peak."""
+    at, peak = nearest(points, factor * saturation), peak_goodput(points)
+    share = at.goodput / peak if peak > 0 else 1.0
+    claim = claims.at_most(
+        "ch4b.collapse_without_shedding", f"Without load shedding, goodput at {factor:g}× the saturation rate falls to "
+        f"≤ {bound:.0%} of the peak goodput.", share, bound, unit="", digits=2,
+        fail=f"without shedding, goodput at {at.rate:.0f}/s offered was still {at.goodput:.1f}/s against a peak of "
+             f"{peak:.1f}/s ({share:.0%}); past saturation an unbounded queue should make nearly every answer late")  # fmt: skip
+    return _skip_if_contended(claim, points, saturation_busy)
+
+
+def claim_naive_retries_multiply_load(point: GoodputPoint, *, bound: float = 1.5,
+                                      saturation_busy: float | None = None) -> claims.Claim:  # fmt: skip
+    """Naive retries against an overloaded, shedding server multiply the load it sees by ≥ ``bound``.
+
+    Past saturation most first attempts are refused at once, and each refusal is retried at once into a
+    queue that is still full: the load is the client's policy, not the machine's speed. Only a saturation
+    rate measured too low, while other programs were busy (``saturation_busy`` cores), can break it: then
+    "twice the saturation rate" is no overload, and a failure is a skip.
+    """
+    ratio = point.attempt_rate / point.offered_rate if point.offered_rate > 0 else 0.0
+    return claims.unless_contended(claims.at_least(
+        "ch4b.naive_retries_multiply_load", f"Naive retries multiply the load on an overloaded server by ≥ {bound:g}×.",
+        ratio, bound, fail=f"at {point.rate:.0f}/s offered, naive retries sent {point.attempt_rate:.0f} attempts/s "
+                           f"({ratio:.2f}×), with {point.shed_share:.0%} of requests finally refused; refused requests "
+                           "retried at once should multiply the load"), saturation_busy)  # fmt: skip
+
+
+def claim_budget_caps_retries(point: GoodputPoint, policy: RetryPolicy) -> claims.Claim:
+    """A retry budget holds retries to its ratio of first attempts, plus its burst."""
+    ratio = policy.budget_ratio or 0.0
+    allowed = ratio + policy.budget_burst / max(1, point.sent)
+    return claims.at_most(
+        "ch4b.budget_caps_retries", f"A retry budget of {ratio:.0%} holds retries to {ratio:.0%} of requests "
+        f"(plus a burst of {policy.budget_burst:g}).", point.retries_per_request, allowed, unit=" retries/request",
+        fail=f"with a {ratio:.0%} budget the client made {point.retries_per_request:.2f} retries per request over "
+             f"{point.sent} requests; the budget allows {allowed:.2f}")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def plot_goodput(curves: Mapping[str, tuple[Sequence[GoodputPoint], str]], saturation: float, slo_ms: float,
+                 point_s: float) -> "plots.Figure":  # fmt: skip
+    """Goodput (left) and p99 (right) against offered load in multiples of the saturation rate, per curve."""
+    fig, (ax1, ax2) = plots.figure(ncols=2)
+    top_ms = 20 * slo_ms
+    for name, (points, color) in curves.items():
+        pts = sorted(points, key=lambda p: p.rate)
+        x = [p.rate / saturation for p in pts]
+        style = "--" if "retries" in name else "-"
+        plots.line_with_contended(ax1, x, [p.goodput for p in pts], [p.contended for p in pts], color=color,
+                                  ls=style, label=name)
+        plots.line_with_contended(ax2, x, [min(p.p99_s * 1e3, top_ms) for p in pts], [p.contended for p in pts],
+                                  color=color, ls=style, label=name)
+    ax1.plot([0, 3], [0, 3 * saturation], ":", color=plots.COLORS["predicted"], lw=1, label="every request good")
+    ax1.axhline(saturation, color=plots.COLORS["throughput"], lw=1, ls=":", label="saturation rate")
+    ax1.set_ylim(0, 1.3 * saturation)
+    ax1.legend(fontsize=8)
+    plots.label(ax1, "offered load (× saturation rate)", f"goodput (answers within {slo_ms:g} ms per s)",
+                "Goodput against offered load")
+    ax2.axhline(slo_ms, color=plots.COLORS["p99"], lw=1, label=f"objective: {slo_ms:g} ms")
+    ax2.set_yscale("log")
+    plots.plain_log_axis(ax2.yaxis)
+    ax2.set_ylim(top=top_ms * 1.15)
+    ax2.legend(fontsize=8)
+    plots.label(ax2, "offered load (× saturation rate)", "p99 latency (ms, open loop, refusals included)",
+                "p99 against offered load")
+    every = [p for points, _ in curves.values() for p in points]
+    plots.caption(fig, f"Batching server, {point_s:g} s of Poisson traffic per point; saturation {saturation:.0f} "
+                  "requests/s (closed loop). A refused request's latency is its final answer's. "
+                  + plots.contended_note(every))
+    return fig
+
+
+def plot_retries(curves: Mapping[str, tuple[Sequence[GoodputPoint], str]], saturation: float,
+                 slo_ms: float) -> "plots.Figure":  # fmt: skip
+    """Attempts per second (left) and goodput (right) per client retry policy, as grouped bars per offered load."""
+    fig, (ax1, ax2) = plots.figure(ncols=2)
+    names = list(curves)
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        points, color = curves[name]
+        pts = sorted(points, key=lambda p: p.rate)
+        x = np.arange(len(pts)) + (k - (len(names) - 1) / 2) * width
+        ax1.bar(x, [p.attempt_rate for p in pts], width, color=color, label=name,
+                hatch=["//" if p.contended else "" for p in pts])
+        ax2.bar(x, [p.goodput for p in pts], width, color=color, label=name,
+                hatch=["//" if p.contended else "" for p in pts])
+    ticks = [f"{p.rate / saturation:.1f}×" for p in sorted(curves[names[0]][0], key=lambda p: p.rate)]
+    for ax in (ax1, ax2):
+        ax.set_xticks(np.arange(len(ticks)), ticks)
+        ax.legend(fontsize=8)
+    plots.label(ax1, "offered load (× saturation rate)", "attempts the server saw (per s)", "Load with retries")
+    plots.label(ax2, "offered load (× saturation rate)", f"goodput (answers within {slo_ms:g} ms per s)",
+                "Goodput with retries")
+    plots.caption(fig, "The same shedding batching server; naive: up to 3 retries at once; budget: up to 3 retries "
+                  "with exponential backoff and full jitter, at most 10% of requests. Hatched: contended.")
+    return fig
+
+
+# --------------------------------------------------------------------------- text built from the numbers
+
+
+def format_point(point: GoodputPoint, saturation: float) -> str:
+    """One line per point, for the notebook's running log."""
+    flag = " (contended)" if point.contended else ""
+    return (f"{point.label:22s} {point.rate / saturation:3.1f}× saturation: offered {point.offered_rate:6.1f}/s, "
+            f"attempts {point.attempt_rate:6.1f}/s, goodput {point.goodput:6.1f}/s, p99 {point.p99_s * 1e3:7.0f} ms, "
+            f"refused {point.shed_share:4.0%}, outside load {point.outside_cores:.2f} cores{flag}")
+
+
+def describe_goodput(shedding: Sequence[GoodputPoint], no_shedding: Sequence[GoodputPoint], saturation: float) -> str:
+    """The collapse and the plateau, in words that follow the numbers."""
+    shed_peak, bare_peak = peak_goodput(shedding), peak_goodput(no_shedding)
+    shed_2x, bare_2x = nearest(shedding, 2 * saturation).goodput, nearest(no_shedding, 2 * saturation).goodput
+    bare = (f"Without shedding, goodput peaked at {bare_peak:.1f} answers within the objective per second and fell to "
+            f"{bare_2x / bare_peak:.0%} of that at twice the saturation rate" if bare_peak > 0 else
+            "Without shedding, no answer met the objective at any load")
+    if bare_peak > 0 and bare_2x < 0.5 * bare_peak:
+        bare += ": the collapse. Every request waited behind the whole backlog"
+    shed = (f"with shedding it peaked at {shed_peak:.1f} and kept {shed_2x / shed_peak:.0%} of that at twice the rate"
+            if shed_peak > 0 else "with shedding no answer met the objective either")
+    if shed_peak > 0 and shed_2x >= 0.8 * shed_peak:
+        shed += ": a plateau. The server kept computing full batches of requests that could still be answered in time"
+    return f"{bare}; {shed}."
+
+
+def describe_retries(naive: GoodputPoint, budget: GoodputPoint, none: GoodputPoint) -> str:
+    """What each retry policy did to goodput at the same offered load, in words that follow the numbers."""
+    def versus(point: GoodputPoint) -> str:
+        change = point.goodput / none.goodput - 1 if none.goodput > 0 else 0.0
+        return f"{point.goodput:.1f}/s ({change:+.0%} against no retries)"
+
+    return (f"Goodput was {none.goodput:.1f} requests/s within the objective without retries, {versus(naive)} with "
+            f"naive retries and {versus(budget)} with backoff and a budget.")

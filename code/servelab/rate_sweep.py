@@ -113,6 +113,7 @@ def measure_rate(
     *,
     path: str = "/predict",
     body: bytes = b'{"batch": 1}',
+    headers: dict[str, str] | None = None,
     duration_s: float = 3.0,
     warmup_s: float = 0.3,
     grace_s: float = 1.0,
@@ -124,7 +125,8 @@ def measure_rate(
     """Open-loop load on ``server`` at ``rate``/s, measured again if other programs were busy.
 
     ``before()`` runs before each attempt (e.g. reset the server's statistics)
-    and ``after()`` returns extra statistics to keep with the point.
+    and ``after()`` returns extra statistics to keep with the point. ``headers``
+    default to JSON's; a binary body (``servelab.apps.oip.binary_request``) brings its own.
     """
 
     def attempt() -> tuple[load.OpenLoopResult, float, dict[str, Any]]:
@@ -132,7 +134,7 @@ def measure_rate(
             before()
         cpu0, t0 = server.cpu_seconds(), time.monotonic()
         result = load.open_loop(server.url + path, rate=rate, duration_s=duration_s, body=body,
-                                headers=JSON_HEADERS, grace_s=grace_s, warmup_s=warmup_s, seed=seed)  # fmt: skip
+                                headers=headers or JSON_HEADERS, grace_s=grace_s, warmup_s=warmup_s, seed=seed)  # fmt: skip
         server_cores = (server.cpu_seconds() - cpu0) / (time.monotonic() - t0)
         return result, server_cores, (after() if after else {})
 
@@ -253,8 +255,11 @@ def format_point(point: RatePoint) -> str:
 CO_RATE_FACTORS = (1.0, 1.2)
 
 
-def claim_every_request_accounted(points: Sequence[RatePoint]) -> claims.Claim:
-    """Every request the open-loop client sent was answered or counted as unfinished, without errors."""
+def claim_every_request_accounted(points: Sequence[RatePoint], chapter: str = "ch4") -> claims.Claim:
+    """Every request the open-loop client sent was answered or counted as unfinished, without errors.
+
+    ``chapter`` prefixes the claim's id: the ledger's ids are unique across the book.
+    """
     lost = [p for p in points if not p.accounted]
     failed = [p for p in points if p.errors]
     sent = sum(p.sent for p in points)
@@ -262,7 +267,7 @@ def claim_every_request_accounted(points: Sequence[RatePoint]) -> claims.Claim:
                         f"{p.latencies} latencies ({p.infinite} infinite)" for p in lost]
                        + [f"at {p.rate:.0f}/s {p.errors} requests failed" for p in failed])
     return claims.condition(
-        "ch4.every_request_accounted", "Every request sent was answered or counted, and none failed.",
+        f"{chapter}.every_request_accounted", "Every request sent was answered or counted, and none failed.",
         not lost and not failed, measured=f"{sent} sent, {sum(p.lost for p in points)} lost, "
         f"{sum(p.errors for p in points)} errors", bound="0 lost, 0 errors",
         fail=f"a request was lost or failed: {detail}")

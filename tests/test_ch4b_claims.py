@@ -1,0 +1,98 @@
+"""Chapter 4b's claims hold on numbers that fit the theory and break, with their message, on numbers that do not."""
+
+from __future__ import annotations
+
+import math
+
+from servelab import claims, overload, payload
+from servelab.overload import GoodputPoint
+from servelab.payload import CpuPerRequest
+from servelab.rate_sweep import RatePoint
+
+
+def cpu(payload_name: str, parse_ms: float, *, server_ms: float = 5.0, forward_ms: float = 3.0) -> CpuPerRequest:
+    return CpuPerRequest(payload_name, 200.0, 300, 8.0, server_ms, forward_ms, 0.1, parse_ms, 0.05, 0.0, False)
+
+
+def rate_point(rate: float, contended: bool = False) -> RatePoint:
+    return RatePoint(rate, 100, 100, 0, 0, 100, 0, rate, 0.02, 0.05, 0.001, 0.05, 1.0, 0.9 if contended else 0.0,
+                     contended, 1)
+
+
+def goodput_point(rate: float, goodput: float, *, attempts: float | None = None, sent: int = 300,
+                  contended: bool = False) -> GoodputPoint:
+    return GoodputPoint("x", rate, attempts or rate, goodput, 0.08, 0.3, 0, sent, rate, 0.9 if contended else 0.0,
+                        contended)
+
+
+def test_cpu_split_and_its_parts_add_up():
+    point = cpu("JSON", 1.5, server_ms=6.0, forward_ms=3.0)
+    assert math.isclose(sum(point.parts_ms().values()), 6.0)
+    assert math.isclose(point.event_loop_ms, 6.0 - 3.0 - 0.1 - 1.5) and math.isclose(point.off_forward_ms, 3.0)
+    assert cpu("binary", 0.1, server_ms=1.0, forward_ms=3.0).event_loop_ms == 0.0  # never below zero
+
+
+def test_json_parse_claim_breaks_when_json_is_not_dearer():
+    assert payload.claim_json_parse_costs_more(cpu("JSON", 1.5), cpu("binary", 0.06)).held
+    claim = payload.claim_json_parse_costs_more(cpu("JSON", 0.2), cpu("binary", 0.1))
+    assert claim.outcome == claims.FAILED and "far more" in claim.message
+
+
+def test_batched_vs_gthread_breaks_below_bound_and_skips_when_contended():
+    quiet = [rate_point(100)]
+    assert payload.claim_batched_beats_gthread(300, 60, quiet, slo_ms=100).held
+    assert "within p99" in payload.claim_batched_beats_gthread(80, 60, quiet, slo_ms=100).message
+    busy = payload.claim_batched_beats_gthread(80, 60, [rate_point(100, contended=True)], slo_ms=100)
+    assert busy.skip_kind == "contended" and busy.measured == "1.33×"
+
+
+def test_ceiling_gap_parts_sum_to_the_ceiling_and_the_claim_breaks_far_below_it():
+    gap = payload.ceiling_gap(400.0, 300.0, cpu("binary", 0.06, forward_ms=2.7))
+    assert math.isclose(sum(gap.parts().values()), 400.0)
+    assert math.isclose(gap.fraction, 0.75) and math.isclose(gap.thread_limit, 1e3 / 2.8)
+    assert payload.claim_near_ceiling(gap, [rate_point(300)], None).held
+    low = payload.ceiling_gap(400.0, 100.0, cpu("binary", 0.06, forward_ms=2.7))
+    assert "in-process ceiling" in payload.claim_near_ceiling(low, [rate_point(100)], None).message
+    assert payload.claim_near_ceiling(low, [rate_point(100)], 1.2).skip_kind == "contended"
+
+
+def test_shedding_claim_breaks_when_goodput_falls_past_saturation():
+    sat = 100.0
+    plateau = [goodput_point(50, 48), goodput_point(100, 90), goodput_point(200, 88), goodput_point(300, 80)]
+    assert overload.claim_shedding_keeps_goodput(plateau, sat).held
+    collapse = [goodput_point(50, 48), goodput_point(100, 90), goodput_point(200, 20), goodput_point(300, 5)]
+    assert "bounded queue" in overload.claim_shedding_keeps_goodput(collapse, sat).message
+    assert overload.claim_collapse_without_shedding(collapse, sat).held
+    assert "unbounded queue" in overload.claim_collapse_without_shedding(plateau, sat).message
+    busy = plateau[:2] + [goodput_point(200, 20, contended=True)]
+    assert overload.claim_shedding_keeps_goodput(busy, sat).skip_kind == "contended"
+
+
+def test_retry_claims_break_on_a_client_that_does_not_retry_or_ignores_its_budget():
+    assert overload.claim_naive_retries_multiply_load(goodput_point(200, 80, attempts=500)).held
+    assert "multiply" in overload.claim_naive_retries_multiply_load(goodput_point(200, 80, attempts=210)).message
+    policy = overload.BACKOFF_WITH_BUDGET
+    assert overload.claim_budget_caps_retries(goodput_point(200, 80, attempts=215, sent=300), policy).held
+    broken = overload.claim_budget_caps_retries(goodput_point(200, 80, attempts=400, sent=300), policy)
+    assert broken.outcome == claims.FAILED and "allows" in broken.message
+
+
+def test_nearest_and_peak():
+    points = [goodput_point(50, 48), goodput_point(100, 90), goodput_point(200, 88)]
+    assert overload.nearest(points, 190).rate == 200 and overload.peak_goodput(points) == 90
+
+
+def test_both_payloads_carry_the_same_row():
+    from servelab.apps import oip
+
+    bodies = payload.request_bodies(width=16)
+    rows = [oip.parse_infer_request(body, headers.get(oip.HEADER_LENGTH), 16).inputs for body, headers in bodies.values()]
+    assert (rows[0] == rows[1]).all() and len(bodies["JSON"][0]) > 3 * len(bodies["binary"][0]) - 600
+
+
+def test_overload_claims_skip_when_the_saturation_rate_was_measured_contended():
+    plateau = [goodput_point(50, 48), goodput_point(100, 90), goodput_point(200, 88)]
+    assert overload.claim_collapse_without_shedding(plateau, 100.0, saturation_busy=1.1).skip_kind == "contended"
+    barely = goodput_point(200, 80, attempts=210)
+    assert overload.claim_naive_retries_multiply_load(barely, saturation_busy=1.1).skip_kind == "contended"
+    assert overload.claim_naive_retries_multiply_load(goodput_point(200, 80, attempts=500), saturation_busy=1.1).held
