@@ -1,7 +1,7 @@
 """Every chapter notebook is committed clean and follows the book's conventions.
 
 Clean: no outputs or execution counts (the website and CI execute them), kernel ``python3``,
-listed in ``_toc.yml``, one hidden check cell that asserts, and solutions collapsed on the site.
+listed in ``_toc.yml``, one hidden check cell that asserts (or finishes a claims ledger), and solutions collapsed on the site.
 """
 
 from pathlib import Path
@@ -76,8 +76,11 @@ def test_listed_in_toc(chapter):
 
 def test_has_hidden_check_cell_that_asserts(chapter):
     path, nb = chapter
-    checks = [c for c in nb.cells if c.cell_type == "code" and tags(c) & HIDDEN_CHECK_TAGS and "assert" in c.source]
-    assert checks, f"{path.name}: needs a check cell tagged 'remove-cell' that asserts the chapter's claims"
+    # A check cell asserts, or registers its claims in a claims.Ledger whose finish() raises on a failed one.
+    checks = [c for c in nb.cells if c.cell_type == "code" and tags(c) & HIDDEN_CHECK_TAGS
+              and ("assert" in c.source or "ledger.finish()" in c.source)]
+    assert checks, (f"{path.name}: needs a check cell tagged 'remove-cell' that asserts the chapter's claims "
+                    "(or adds them to a claims.Ledger and calls ledger.finish())")
 
 
 def test_solutions_are_collapsed(chapter):
