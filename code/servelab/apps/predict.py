@@ -16,8 +16,10 @@ Taught in: chapters/02_gil.ipynb, chapters/01_latency.ipynb (stalls).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import threading
 import time
 
 import torch
@@ -31,6 +33,10 @@ SLOW_FRACTION = float(os.environ.get("SERVELAB_SLOW_FRACTION", "0"))
 SLOW_MS = float(os.environ.get("SERVELAB_SLOW_MS", "50"))
 if not (0.0 <= SLOW_FRACTION <= 1.0 and SLOW_MS >= 0.0):
     raise ValueError("SERVELAB_SLOW_FRACTION must be in [0, 1] and SERVELAB_SLOW_MS >= 0")
+
+# A mutation for the test suite (tests/test_ch2_mutation.py), off by default: SERVELAB_PREDICT_HOLD_GIL=1 puts one
+# lock per process around the forward pass, as if torch kept the GIL, so a worker's threads run it one at a time.
+FORWARD_LOCK = threading.Lock() if os.environ.get("SERVELAB_PREDICT_HOLD_GIL") == "1" else contextlib.nullcontext()
 
 configure_torch_threads()
 if os.environ.get("SERVELAB_MODEL_LOAD", "import") == "import":
@@ -97,7 +103,7 @@ def predict():  # noqa: ANN201
     if stall:
         time.sleep(stall)  # random reseeds after fork, so workers stall independently
     python_work(work)
-    with torch.inference_mode():
+    with FORWARD_LOCK, torch.inference_mode():
         y = MODEL.load()(x)
     return jsonify(pid=os.getpid(), batch=int(x.shape[0]), top=y.argmax(dim=1).tolist())
 
