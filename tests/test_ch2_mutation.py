@@ -25,7 +25,9 @@ CLAIM = "ch2.threads_match_processes_predict"
 TRIES = 3  # on a busy machine the claim may be undecided (skipped, with the load): measure again
 MEASURE_AND_JUDGE = '''
 import dataclasses, json
-threads, processes = gil.measure_setups([setups["threads"], setups["processes"]], concurrencies=LEVELS, **RUN)
+# The chapter's RUN, with more retries of a contended run: fewer undecided tries on a busy machine.
+threads, processes = gil.measure_setups([setups["threads"], setups["processes"]], concurrencies=LEVELS,
+                                        **{**RUN, "retries": max(RUN["retries"], 3)})
 claim = gil.claim_threads_match_processes([threads.point("/predict", c) for c in LEVELS],
                                           [processes.point("/predict", c) for c in LEVELS])
 print(json.dumps(dataclasses.asdict(claim)))
@@ -47,12 +49,14 @@ def measured_claim() -> dict:
 
 
 def decided_claim() -> dict:
+    """The claim from the first run that decided it; the test skips, with the load, if none did."""
     for attempt in range(TRIES):
         claim = measured_claim()
         print(f"try {attempt + 1}: {claim['outcome']}, measured {claim['measured']} {claim['message']}")
         if claim["outcome"] != "skipped":
-            break
-    return claim
+            return claim
+    # An undecided claim is not a missed mutation: say so, with the measured reason, rather than fail.
+    pytest.skip(f"{CLAIM} undecided in {TRIES} runs (the last measured {claim['measured']}): {claim['message']}")
 
 
 def test_serialised_predict_fails_the_threads_versus_processes_claim(monkeypatch):
