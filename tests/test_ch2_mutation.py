@@ -43,7 +43,8 @@ def measured_claim() -> dict:
     code = [c for c in nb.cells if c.cell_type == "code"]
     last = next(i for i, c in enumerate(code) if "setups = gil.standard_setups" in c.source)
     nb.cells = code[:last + 1] + [nbformat.v4.new_code_cell(MEASURE_AND_JUDGE)]
-    NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(CHAPTER.parent)}}).execute()
+    NotebookClient(nb, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(CHAPTER.parent)}}).execute()
     text = "".join(o.get("text", "") for o in nb.cells[-1].outputs if o.output_type == "stream")
     return json.loads(text.strip().splitlines()[-1])
 

@@ -1,7 +1,8 @@
 """Every chapter notebook is committed clean and follows the book's conventions.
 
 Clean: no outputs or execution counts (the website and CI execute them), kernel ``python3``,
-listed in ``_toc.yml``, one hidden check cell that asserts (or finishes a claims ledger), and solutions collapsed on the site.
+listed in ``_toc.yml``, one hidden check cell that asserts (or finishes a claims ledger), and solutions
+collapsed on the site.
 """
 
 from pathlib import Path

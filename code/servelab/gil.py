@@ -566,7 +566,8 @@ def claim_preload_pss(pss: Mapping[str, float], workers: int, factor: float = 1.
 def claim_threads_pss(pss: Mapping[str, float], workers: int, fraction: float = 0.75) -> claims.Claim:
     """One process with ``workers`` threads takes at most ``fraction`` of the plain workers' PSS."""
     return claims.at_most(
-        "ch2.threads_save_pss", f"One process with {workers} threads saves at least a quarter of the plain workers' PSS.",
+        "ch2.threads_save_pss",
+        f"One process with {workers} threads saves at least a quarter of the plain workers' PSS.",
         pss["threads"] / pss["processes"], fraction,
         fail=f"one process with {workers} threads took {pss['threads'] / pss['processes']:.2f}× the PSS of "
              f"{workers} plain workers; sharing one model should save at least a quarter")
@@ -678,7 +679,8 @@ def claim_nginx_hop_small(added_ms: float | None, via: Mapping[str, LoadPoint] |
 def claim_nginx_invisible(added_ms: float | None, inference_ms: float, via: Mapping[str, LoadPoint] | None,
                           share: float = 0.05) -> claims.Claim:
     """nginx adds less than ``share`` of a prediction's time."""
-    claim_id, sentence = "ch2.nginx_invisible", "Next to inference, the nginx hop is invisible (under 5% of a prediction)."
+    claim_id = "ch2.nginx_invisible"
+    sentence = "Next to inference, the nginx hop is invisible (under 5% of a prediction)."
     skip = _nginx_skip(claim_id, sentence, added_ms, via)
     if skip:
         return skip
