@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from servelab import plots
+from servelab import claims, plots
 
 DEVICES = ("smartphone", "desktop", "tablet")
 _DEVICE_COLORS = {"smartphone": "#9467bd", "desktop": "#1f77b4", "tablet": "#17becf"}
@@ -261,3 +261,17 @@ def calculator(shop: Shop | None = None, added_ms: float = 100.0):  # noqa: ANN2
     box = w.VBox([*sliders.values(), hint, out])
     box.sliders, box.redraw = sliders, redraw  # for tests and for readers who want to script it
     return box
+
+
+# --------------------------------------------------------------------------- claims (chapter 1's check cell)
+
+
+def claim_reproduces_published(points: Sequence[PublishedPoint] = PUBLISHED) -> claims.Claim:
+    """The fitted model gives back every published figure exactly (to 1e-9)."""
+    misses = [(p, reproduce(p) - p.change) for p in points]
+    worst = max(abs(m) for _, m in misses)
+    bad = [p for p, m in misses if abs(m) >= 1e-9]
+    return claims.condition(
+        "ch1.conversion_reproduces_published", "The conversion model reproduces every published figure it quotes.",
+        not bad, measured=f"worst miss {worst:.1e}", bound="< 1e-09",
+        fail="; ".join(f"the conversion model misses the published point {p}" for p in bad))

@@ -462,3 +462,230 @@ def grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float]
         ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=8, padding=2)
     ax.set_xticks(range(len(groups)), groups)
     ax.margins(y=0.15)
+
+
+# --------------------------------------------------------------------------- claims (chapter 2's check cell)
+# Each function takes numbers the chapter measured and returns a claims.Claim. The import sits here, not at
+# the top, so that this section merges independently of edits to the measurement code above.
+
+from servelab import claims  # noqa: E402
+
+
+def _busiest(points: Sequence[LoadPoint]) -> float:
+    return max(p.outside_cores for p in points)
+
+
+def claim_load_runs_clean(points: Sequence[LoadPoint]) -> claims.Claim:
+    """Every load run got answers and no errors."""
+    bad = [p for p in points if p.errors or not p.completed]
+    return claims.condition(
+        "ch2.load_runs_no_errors", "Every load run of the chapter gets answers and no errors from its server.",
+        not bad, measured=f"{len(points) - len(bad)} of {len(points)} runs clean", bound="all runs",
+        fail="some load runs got errors from the server: " + str([p.row() for p in bad]))
+
+
+def claim_threads_cap_pyloop(point: LoadPoint, cap: float = 1.2) -> claims.Claim:
+    """Threads of one process use at most ``cap`` cores on pure-Python work: the GIL runs one at a time."""
+    return claims.at_most(
+        "ch2.threads_cap_pyloop", "On pure-Python work, the threads of one process use about one core: the GIL.",
+        point.server_cores, cap, unit=" cores",
+        fail=f"threads used {point.server_cores:.2f} cores on pure-Python work; the GIL should cap them near 1")
+
+
+def claim_processes_parallel_pyloop(point: LoadPoint, workers: int, cores: int, floor: float = 1.6) -> claims.Claim:
+    """``workers`` processes use at least ``floor`` cores on pure-Python work: one interpreter each.
+
+    A contended run is still judged when it reached the floor: other programs can only take cores
+    away from the server, never lend it some, so a busy machine cannot fake this claim holding.
+    """
+    claim_id = "ch2.processes_parallel_pyloop"
+    sentence = "On pure-Python work, separate worker processes run in parallel on 2 or more cores."
+    if cores < 2:
+        return claims.skipped(claim_id, sentence, kind="one core", reason="only 1 usable core: nothing to run beside")
+    if point.contended and point.server_cores < floor:
+        return claims.skipped(claim_id, sentence, kind="contended", measured=claims.fmt(point.server_cores, " cores"),
+                              bound=f"≥ {claims.fmt(floor, ' cores')}",
+                              reason=f"other programs took up to {point.outside_cores:.2f} cores during the /pyloop "
+                                     "run, after retries, and the processes fell short")
+    return claims.at_least(
+        claim_id, sentence, point.server_cores, floor, unit=" cores",
+        fail=f"{workers} processes used only {point.server_cores:.2f} cores on pure-Python work; separate "
+             "interpreters should run in parallel on 2 or more cores")
+
+
+def claim_processes_capped_on_one_core(point: LoadPoint, cap: float = 1.2) -> claims.Claim:
+    """On a 1-core machine, processes cannot beat one core either (the check that replaces the one above)."""
+    return claims.at_most(
+        "ch2.processes_capped_one_core", "With one usable core, processes cannot use more than one core either.",
+        point.server_cores, cap, unit=" cores", fail=f"{point.server_cores:.2f} cores used on a 1-core machine?")
+
+
+def claim_threads_match_processes(threads: Sequence[LoadPoint], processes: Sequence[LoadPoint],
+                                  ratio: float = 0.8) -> claims.Claim:
+    """The threads' best /predict throughput is at least ``ratio`` × the processes' best.
+
+    ``threads`` and ``processes`` are the /predict points at every concurrency. Other programs only
+    ever slow a run down, so a contended run still decides the claim one way: contended threads runs
+    can only lower the ratio (a pass stands if the processes' runs were quiet), and contended
+    processes runs can only raise it (a failure stands if the threads' runs were quiet).
+    """
+    claim_id = "ch2.threads_match_processes_predict"
+    sentence = f"On /predict, threads reach at least {ratio:g}× the processes' throughput: torch releases the GIL."
+    best_threads, best_processes = max(p.throughput for p in threads), max(p.throughput for p in processes)
+    measured = best_threads / best_processes
+    side, runs = ("processes'", processes) if measured >= ratio else ("threads'", threads)
+    if any(p.contended for p in runs):
+        return claims.skipped(claim_id, sentence, kind="contended", measured=claims.fmt(measured),
+                              bound=f"≥ {claims.fmt(ratio)}",
+                              reason=f"other programs took up to {_busiest(runs):.2f} cores during the {side} "
+                                     f"/predict runs, after retries, which could explain a ratio of {measured:.2f}×")
+    return claims.at_least(
+        claim_id, sentence, measured, ratio,
+        fail=f"threads reached only {measured:.2f}× the processes' /predict throughput ({best_threads:.0f} against "
+             f"{best_processes:.0f} requests/s); torch releases the GIL, so threads should come close")
+
+
+def claim_processes_pss(pss: Mapping[str, float], workers: int, factor: float = 1.6) -> claims.Claim:
+    """``workers`` plain workers take at least ``factor`` × one worker's PSS: each loads its own model."""
+    return claims.at_least(
+        "ch2.processes_pss_multiplies", f"{workers} plain workers take far more memory (PSS) than one: a model each.",
+        pss["processes"] / pss["single"], factor,
+        fail=f"{workers} plain workers took only {pss['processes'] / pss['single']:.2f}× one worker's PSS; each "
+             "should hold its own model")
+
+
+def claim_preload_pss(pss: Mapping[str, float], workers: int, factor: float = 1.3) -> claims.Claim:
+    """``workers`` preloaded workers take at most ``factor`` × one worker's PSS: copy-on-write shares the weights."""
+    return claims.at_most(
+        "ch2.preload_shares_pss", f"{workers} preloaded workers take little more memory (PSS) than one.",
+        pss["preload"] / pss["single"], factor,
+        fail=f"{workers} preloaded workers took {pss['preload'] / pss['single']:.2f}× one worker's PSS; "
+             "copy-on-write should share the weights")
+
+
+def claim_threads_pss(pss: Mapping[str, float], workers: int, fraction: float = 0.75) -> claims.Claim:
+    """One process with ``workers`` threads takes at most ``fraction`` of the plain workers' PSS."""
+    return claims.at_most(
+        "ch2.threads_save_pss",
+        f"One process with {workers} threads saves at least a quarter of the plain workers' PSS.",
+        pss["threads"] / pss["processes"], fraction,
+        fail=f"one process with {workers} threads took {pss['threads'] / pss['processes']:.2f}× the PSS of "
+             f"{workers} plain workers; sharing one model should save at least a quarter")
+
+
+def claim_rss_overstates_pss(workers_rss_mib: float, workers_pss_mib: float, factor: float = 1.5) -> claims.Claim:
+    """Summed RSS of preloaded workers is at least ``factor`` × their PSS: each maps the shared model."""
+    return claims.at_least(
+        "ch2.rss_overstates_pss", "Summing the preloaded workers' RSS overstates their memory (PSS) by 1.5× or more.",
+        workers_rss_mib / workers_pss_mib, factor,
+        fail=f"summed RSS of the preloaded workers was only {workers_rss_mib / workers_pss_mib:.2f}× their PSS; it "
+             f"should overstate it by at least {factor:g}×, since each maps the shared model")
+
+
+def claim_profiler_agrees(rows: Sequence[Mapping[str, object]], kind: str, *, share: float = 0.05,
+                          floor_mib: float = 5.0) -> claims.Claim:
+    """memory_profiler's ``kind`` (PSS or USS) agrees with psutil's sums within ``share`` or ``floor_mib``.
+
+    ``rows`` are :func:`profiler_comparison`'s; memory moves a little between the two readings.
+    """
+    row = next(r for r in rows if r["measures"] == kind)
+    ours, theirs = float(row["psutil summed MiB"]), float(row["memory_profiler MiB"])  # type: ignore[arg-type]
+    allowed = max(share * ours, floor_mib)
+    return claims.condition(
+        f"ch2.memory_profiler_{kind.lower()}", f"memory_profiler's {kind} agrees with psutil's summed {kind}.",
+        abs(theirs - ours) <= allowed, measured=f"{theirs:.1f} vs {ours:.1f} MiB", bound=f"within {allowed:.1f} MiB",
+        fail=f"memory_profiler's {kind} disagrees with psutil's: {dict(row)}")
+
+
+def claim_preload_stays_shared(worker_uss_mib: float, weights_mib: float, share: float = 0.25) -> claims.Claim:
+    """A preloaded worker holds at most ``share`` of the weights as its own (USS)."""
+    return claims.at_most(
+        "ch2.preload_workers_share_weights", "Preloaded workers keep the weights shared: little memory of their own.",
+        worker_uss_mib, share * weights_mib, unit=" MiB", digits=0,
+        fail=f"preloaded workers hold {worker_uss_mib:.0f} MiB each of their own; the weights should stay shared")
+
+
+#: The two ways chapter 2 shows a worker ending up with its own copy of the weights.
+PRIVATE_COPY_CASES = {
+    "write": ("ch2.write_copies_weights", "writing to the weights"),
+    "lazy": ("ch2.lazy_load_copies_weights", "loading the model after the fork (no --preload)"),
+}
+
+
+def claim_worker_holds_copy(case: str, worker_uss_mib: float, weights_mib: float, share: float = 0.8) -> claims.Claim:
+    """After ``case`` (see :data:`PRIVATE_COPY_CASES`), each worker holds at least ``share`` of the weights' size."""
+    claim_id, how = PRIVATE_COPY_CASES[case]
+    return claims.at_least(
+        claim_id, f"After {how}, each worker holds its own copy of the weights.", worker_uss_mib,
+        share * weights_mib, unit=" MiB", digits=0,
+        fail=f"after {how}, each worker holds only {worker_uss_mib:.0f} MiB of its own; it should hold a private "
+             f"copy of the {weights_mib:.0f} MiB of weights")
+
+
+def claim_gc_collect_copies(collect_uss_mib: float, freeze_uss_mib: float, records: int,
+                            extra_mib: float = 40.0) -> claims.Claim:
+    """A gc.collect() after the fork copies at least ``extra_mib`` more per worker than with gc.freeze() first."""
+    return claims.at_least(
+        "ch2.gc_collect_copies_records", f"One gc.collect() after the fork copies the pages of {records:,} Python "
+        "records into every worker; gc.freeze() first prevents it.", collect_uss_mib - freeze_uss_mib, extra_mib,
+        unit=" MiB", digits=0,
+        fail=f"a full collection copied only {collect_uss_mib - freeze_uss_mib:.0f} MiB more per worker than with "
+             f"gc.freeze(); {records:,} records should take far more")
+
+
+def claim_oversubscription_costs_cpu(one: LoadPoint, default: LoadPoint, workers: int, cores: int,
+                                     factor: float = 1.2) -> claims.Claim:
+    """torch's default threads (one per core, in every worker) cost at least ``factor`` × the CPU per request."""
+    claim_id = "ch2.oversubscription_costs_cpu"
+    sentence = "torch's default threads in every worker waste CPU: more CPU per request than 1 thread per worker."
+    if cores < 2:
+        return claims.skipped(claim_id, sentence, kind="one core", reason="only 1 usable core: torch starts 1 thread")
+    if one.contended or default.contended:
+        # Preempted threads spin longer waiting for each other, so a busy machine inflates the default's cost.
+        return claims.skipped(claim_id, sentence, kind="contended",
+                              reason=f"other programs took up to {_busiest([one, default]):.2f} cores during the "
+                                     "runs, after retries")
+    ratio = default.cpu_ms_per_request / one.cpu_ms_per_request
+    return claims.at_least(
+        claim_id, sentence, ratio, factor,
+        fail=f"torch's default threads cost only {ratio:.2f}× the CPU per request of 1 thread per worker with all "
+             f"{workers} workers busy; {workers} × {cores} threads on {cores} cores should waste more")
+
+
+def _nginx_skip(claim_id: str, sentence: str, added_ms: float | None,
+                via: Mapping[str, LoadPoint] | None) -> claims.Claim | None:
+    if added_ms is None or not via:
+        return claims.skipped(claim_id, sentence, kind="tool missing", reason="nginx is not installed here")
+    if any(p.contended for p in via.values()):
+        # A slower direct run would make the hop look cheaper: a busy machine is no evidence.
+        return claims.skipped(claim_id, sentence, kind="contended",
+                              reason=f"other programs took up to {_busiest(list(via.values())):.2f} cores during the "
+                                     "nginx runs, after retries")
+    return None
+
+
+def claim_nginx_hop_small(added_ms: float | None, via: Mapping[str, LoadPoint] | None,
+                          bound_ms: float = 0.5) -> claims.Claim:
+    """nginx adds less than ``bound_ms`` to the median /health request."""
+    claim_id, sentence = "ch2.nginx_hop_small", "A local nginx hop adds well under 1 ms to a request."
+    skip = _nginx_skip(claim_id, sentence, added_ms, via)
+    if skip:
+        return skip
+    return claims.condition(
+        claim_id, sentence, added_ms < bound_ms, measured=f"{added_ms:.3f} ms", bound=f"< {bound_ms:g} ms",
+        fail=f"nginx added {added_ms:.2f} ms to /health; a local proxy hop costs well under 1 ms")
+
+
+def claim_nginx_invisible(added_ms: float | None, inference_ms: float, via: Mapping[str, LoadPoint] | None,
+                          share: float = 0.05) -> claims.Claim:
+    """nginx adds less than ``share`` of a prediction's time."""
+    claim_id = "ch2.nginx_invisible"
+    sentence = "Next to inference, the nginx hop is invisible (under 5% of a prediction)."
+    skip = _nginx_skip(claim_id, sentence, added_ms, via)
+    if skip:
+        return skip
+    return claims.condition(
+        claim_id, sentence, added_ms < share * inference_ms, measured=f"{100 * added_ms / inference_ms:.1f}%",
+        bound=f"< {100 * share:g}%",
+        fail=f"nginx added {added_ms:.2f} ms, {100 * added_ms / inference_ms:.0f}% of a {inference_ms:.1f} ms "
+             "prediction; it should be invisible next to inference")

@@ -11,6 +11,9 @@ import os
 import platform
 import shutil
 import subprocess
+from typing import Mapping, Sequence
+
+from servelab import claims  # claims imports this module only inside a function: no cycle at import
 
 
 def usable_cores() -> int:
@@ -93,3 +96,24 @@ def describe_markdown() -> str:
     """The hardware table as Markdown, for display in a notebook."""
     rows = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in describe().items()]
     return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- claims (chapter 0's check cell)
+
+#: The rows chapter 0's hardware table must have: the facts later chapters name in their captions.
+TABLE_ROWS = ("CPU", "usable cores", "memory", "torch", "torch intra-op threads", "BLAS", "wrk", "nginx")
+
+
+def claim_table_rows(table: Mapping[str, str], rows: Sequence[str] = TABLE_ROWS) -> claims.Claim:
+    """The hardware table has every row the book's captions rely on."""
+    missing = [key for key in rows if key not in table]
+    return claims.condition(
+        "ch0.hardware_table_rows", "The hardware table names the CPU, cores, memory, torch, BLAS, wrk and nginx.",
+        not missing, measured=f"{len(rows) - len(missing)} of {len(rows)} rows", bound=f"all {len(rows)}",
+        fail=f"the hardware table lost its {', '.join(repr(k) for k in missing)} row(s)")
+
+
+def claim_usable_cores(cores: int) -> claims.Claim:
+    """The process may run on at least one core (0 would mean the affinity reading is broken)."""
+    return claims.at_least("ch0.usable_cores", "This process may run on at least one core.", cores, 1,
+                           fail=f"the process may run on {cores} cores: no core at all?", unit=" cores", digits=0)

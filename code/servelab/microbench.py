@@ -10,9 +10,9 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
-from servelab import contention, hardware
+from servelab import claims, contention, hardware
 
 
 def matmul_flops(n: int) -> int:
@@ -120,3 +120,46 @@ def matmul_thread_scaling(
         median, fastest = gflops(n, statistics.median(seconds)), gflops(n, min(seconds))
         points.append(ThreadPoint(t, median, fastest, outside, contended))
     return points
+
+
+# ---------------------------------------------------------------- claims (chapter 0's check cell)
+
+
+def claim_sweep_covers_cores(points: Sequence[ThreadPoint], cores: int) -> claims.Claim:
+    """The sweep measured every thread count from 1 to the usable cores."""
+    counts = [p.threads for p in points]
+    return claims.condition(
+        "ch0.sweep_covers_cores", "The matmul sweep measures every thread count from 1 to the usable cores.",
+        counts == list(range(1, cores + 1)), measured=f"threads {counts}", bound=f"1..{cores}",
+        fail=f"the sweep should measure every thread count from 1 to the {cores} usable cores, it measured {counts}")
+
+
+def claim_single_thread_gflops(single: ThreadPoint, floor: float = 1.0) -> claims.Claim:
+    """One thread multiplies at more than ``floor`` GFLOP/s: anything less means a broken measurement."""
+    return claims.condition(
+        "ch0.single_thread_gflops", f"One thread multiplies matrices at more than {floor:g} GFLOP/s.",
+        single.gflops > floor, measured=claims.fmt(single.gflops, " GFLOP/s", 1),
+        bound=f"> {claims.fmt(floor, ' GFLOP/s', 1)}",
+        fail=f"one thread multiplied at only {single.gflops:.2f} GFLOP/s; any CPU from the last 20 years does far "
+             "more than 1 GFLOP/s, so the measurement (or torch's BLAS) is broken")
+
+
+def claim_matmul_scales(points: Sequence[ThreadPoint], factor: float = 1.3) -> claims.Claim:
+    """With all cores the fastest matmul round is more than ``factor`` times one thread's.
+
+    Judged on the fastest rounds (interruptions only ever slow a matmul down), and only on a quiet
+    machine: a slow spell on the 1-thread samples would inflate the ratio, so a contended sweep is
+    no evidence either way.
+    """
+    claim_id, sentence = "ch0.matmul_scales", f"A large matmul on all cores beats one thread by more than {factor:g}×."
+    if len(points) < 2:
+        return claims.skipped(claim_id, sentence, kind="one core", reason="only 1 usable core: nothing to compare")
+    if any(p.contended for p in points):
+        return claims.skipped(claim_id, sentence, kind="contended",
+                              reason=f"other programs took up to {max(p.outside_cores for p in points):.2f} cores "
+                                     "during the sweep, after retries")
+    gain = max(p.peak_gflops for p in points) / points[0].peak_gflops
+    return claims.condition(
+        claim_id, sentence, gain > factor, measured=claims.fmt(gain), bound=f"> {claims.fmt(factor)}",
+        fail=f"with up to {len(points)} threads the fastest matmul was only {gain:.2f}× one thread on a quiet "
+             f"machine; a large matmul should use several cores. Measured: {list(points)}")

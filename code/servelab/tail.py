@@ -29,7 +29,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from servelab import contention, load, plots, servers, stats
+from servelab import claims, contention, load, plots, servers, stats
 
 #: The request body every call sends: one synthetic row, made on the server.
 PREDICT_BODY = json.dumps({"batch": 1}).encode()
@@ -525,3 +525,126 @@ def plot_hedging(comparison: HedgeComparison, *, note: str = "") -> Figure:
     plots.label(ax, "latency t (ms, log scale)", "calls slower than t (%)", "Hedged requests cut the tail")
     plots.caption(fig, note)
     return fig
+
+
+# --------------------------------------------------------------------------- claims (chapter 1's check cell)
+
+
+def _load_note(outside_cores: float) -> str:
+    """What a failure message adds, so a reader can tell a busy machine from a broken claim."""
+    return f" (other programs took up to {outside_cores:.2f} cores)"
+
+
+def claim_sweep_no_errors(points: Sequence[SweepPoint]) -> claims.Claim:
+    """The server answered every request of the sweep."""
+    errors = [p.errors for p in points]
+    return claims.condition(
+        "ch1.sweep_no_errors", "The server answers every request of the load sweep without an error.",
+        not any(errors), measured=f"{sum(errors)} errors", bound="0 errors",
+        fail=f"the server answered with errors during the sweep: {errors}")
+
+
+def claim_sweep_percentiles_ordered(points: Sequence[SweepPoint]) -> claims.Claim:
+    """p99 is at or above p50 at every concurrency (otherwise the percentiles are broken)."""
+    bad = [p for p in points if p.p99 < p.p50]
+    return claims.condition(
+        "ch1.sweep_p99_above_p50", "At every concurrency of the sweep, p99 is at or above p50.", not bad,
+        measured=f"{len(points) - len(bad)} of {len(points)} points", bound="all points",
+        fail="; ".join(f"p99 {p.p99:.4f} s below p50 {p.p50:.4f} s at concurrency {p.concurrency}" for p in bad)
+             + ": the percentiles are broken")
+
+
+def claim_sweep_reaches_queue(points: Sequence[SweepPoint], cores: int) -> claims.Claim:
+    """The sweep's last point queues 4 requests per usable core, enough to show the hockey stick."""
+    top = points[-1].concurrency
+    return claims.at_least(
+        "ch1.sweep_reaches_4x_cores", "The load sweep reaches 4 × the usable cores in concurrency.", top, 4 * cores,
+        unit="", digits=0, fail=f"the sweep should reach 4 × the {cores} usable cores, its last point is at {top}")
+
+
+def claim_p99_grows_under_load(points: Sequence[SweepPoint], cores: int, factor: float = 1.5) -> claims.Claim:
+    """p99 at the top concurrency is at least ``factor`` × p99 at the first: queued requests wait."""
+    first, top = points[0], points[-1]
+    growth = top.p99 / first.p99
+    return claims.at_least(
+        "ch1.p99_grows_under_load",
+        f"p99 at concurrency {top.concurrency} is at least {factor:g}× p99 at concurrency {first.concurrency}: "
+        "requests queue behind each other.", growth, factor,
+        fail=f"p99 at concurrency {top.concurrency} is only {growth:.2f}× p99 at concurrency {first.concurrency}; "
+             f"with {top.concurrency // cores} requests queued per worker it should be far above {factor:g}×"
+             + _load_note(max(p.outside_cores for p in points)))
+
+
+def claim_page_median_grows(runs: Mapping[int, PageRun], ks: Sequence[int], factor: float = 1.1) -> claims.Claim:
+    """Each step up in k makes the median page at least ``factor`` times slower."""
+    medians = [runs[k].page_percentile(50) for k in ks]
+    steps = [(k0, m0, k1, m1) for (k0, m0), (k1, m1) in zip(zip(ks, medians), zip(ks[1:], medians[1:]))]
+    worst = min(m1 / m0 for _, m0, _, m1 in steps)
+    k0, m0, k1, m1 = min(steps, key=lambda s: s[3] / s[1])
+    return claims.at_least(
+        "ch1.page_p50_grows_with_k", f"The median page gets slower with every step of k ({', '.join(map(str, ks))}).",
+        worst, factor,
+        fail=f"the median page took {1e3 * m1:.2f} ms at k = {k1} and {1e3 * m0:.2f} ms at k = {k0}; waiting for "
+             f"more calls should make pages slower" + _load_note(max(r.outside_cores for r in runs.values())))
+
+
+def claim_page_mean_grows(runs: Mapping[int, PageRun], ks: Sequence[int], factor: float = 2.0) -> claims.Claim:
+    """The mean page at the largest k takes at least ``factor`` × the mean at the smallest."""
+    first, last = float(runs[ks[0]].page_latencies.mean()), float(runs[ks[-1]].page_latencies.mean())
+    return claims.at_least(
+        "ch1.page_mean_grows",
+        f"The mean page at k = {ks[-1]} takes at least {factor:g}× the mean at k = {ks[0]}.", last / first, factor,
+        fail=f"the mean page took {1e3 * last:.2f} ms at k = {ks[-1]}, only {last / first:.2f}× k = {ks[0]}; the "
+             f"slowest of {ks[-1]} calls should take far longer than one call"
+             + _load_note(max(r.outside_cores for r in runs.values())))
+
+
+def claim_fanout_multiplies_slow_pages(slow_page_share: float, lone_slow_share: float, k: int = 8,
+                                       factor: float = 2.5) -> claims.Claim:
+    """Pages of ``k`` calls are slow at least ``factor`` times as often as lone calls."""
+    ratio = slow_page_share / lone_slow_share if lone_slow_share else float("inf")
+    return claims.condition(
+        "ch1.fanout_multiplies_slow_pages",
+        f"Pages of {k} calls are slow at least {factor:g}× as often as lone calls.",
+        slow_page_share >= factor * lone_slow_share,
+        measured=f"{100 * slow_page_share:.1f}% vs {100 * lone_slow_share:.1f}% ({claims.fmt(ratio)})",
+        bound=f"≥ {claims.fmt(factor)}",
+        fail=f"{100 * slow_page_share:.1f}% of {k}-call pages were slow against {100 * lone_slow_share:.1f}% of "
+             "lone calls; fan-out should multiply the share of slow pages (the formula says about 7×)")
+
+
+def claim_fanout_formula(ratios: Mapping[int, Mapping[float, float]], *, contended: bool, outside_cores: float,
+                         band: float = 0.40, contended_band: float = 0.55) -> claims.Claim:
+    """Every measured page percentile is within ``band`` of the max-of-k formula (measured ÷ predicted).
+
+    Other programs slowing every call of a page at once make the calls correlated, and the max of
+    correlated calls is below the independent prediction: a contended run gets ``contended_band``.
+    """
+    width = contended_band if contended else band
+    worst_k, worst_q, worst = max(((k, q, r) for k, qs in ratios.items() for q, r in qs.items()),
+                                  key=lambda t: abs(t[2] - 1))
+    return claims.condition(
+        "ch1.fanout_formula", "A page's p50 and p99 match the slowest of k independent calls, at every k.",
+        abs(worst - 1) <= width, measured=f"worst {worst:.2f}× (k = {worst_k}, p{worst_q:g})",
+        bound=f"within ±{width:.0%}" + (f" (contended: {outside_cores:.2f} cores)" if contended else ""),
+        fail=f"at k = {worst_k} the measured page p{worst_q:g} is {worst:.2f}× the formula's prediction from the "
+             f"same calls; the page should be the slowest of k independent calls (within ±{width:.0%})"
+             + _load_note(outside_cores))
+
+
+def claim_hedging_cuts_p99(hedging: HedgeComparison, factor: float = 0.6) -> claims.Claim:
+    """Hedged calls' p99 is at most ``factor`` × the plain calls' p99."""
+    plain, hedged = stats.percentile(hedging.plain, 99), stats.percentile(hedging.hedged, 99)
+    return claims.at_most(
+        "ch1.hedging_cuts_p99", f"Hedging after the p95 cuts p99 to at most {factor:g}× the plain calls' p99.",
+        hedged / plain, factor,
+        fail=f"hedging left p99 at {1e3 * hedged:.1f} ms against {1e3 * plain:.1f} ms plain; a second copy after "
+             "the p95 should cut the stall-dominated tail" + _load_note(hedging.outside_cores))
+
+
+def claim_hedging_extra_load(hedging: HedgeComparison, bound: float = 0.15) -> claims.Claim:
+    """Hedging after the p95 sends at most ``bound`` extra requests (about 5% expected)."""
+    return claims.condition(
+        "ch1.hedging_extra_load", f"Hedging after the p95 sends at most {bound:.0%} extra requests.",
+        hedging.extra_load <= bound, measured=f"{100 * hedging.extra_load:.1f}%", bound=f"≤ {100 * bound:.1f}%",
+        fail=f"hedging sent {100 * hedging.extra_load:.1f}% extra requests; after the p95 it should be about 5%")

@@ -22,8 +22,10 @@ Taught in: chapters/02_gil.ipynb, chapters/01_latency.ipynb (stalls).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import threading
 import time
 
 import torch
@@ -40,6 +42,10 @@ SLOW_FRACTION = float(os.environ.get("SERVELAB_SLOW_FRACTION", "0"))
 SLOW_MS = float(os.environ.get("SERVELAB_SLOW_MS", "50"))
 if not (0.0 <= SLOW_FRACTION <= 1.0 and SLOW_MS >= 0.0):
     raise ValueError("SERVELAB_SLOW_FRACTION must be in [0, 1] and SERVELAB_SLOW_MS >= 0")
+
+# A mutation for the test suite (tests/test_ch2_mutation.py), off by default: SERVELAB_PREDICT_HOLD_GIL=1 puts one
+# lock per process around the forward pass, as if torch kept the GIL, so a worker's threads run it one at a time.
+FORWARD_LOCK = threading.Lock() if os.environ.get("SERVELAB_PREDICT_HOLD_GIL") == "1" else contextlib.nullcontext()
 
 configure_torch_threads()
 if os.environ.get("SERVELAB_MODEL_LOAD", "import") == "import":
@@ -66,7 +72,7 @@ def simulated_stall_s(fraction: float, stall_ms: float, draw: float) -> float:
 
 def top_classes(x: torch.Tensor) -> list[int]:
     """The model's answer for each row: the index of its largest output."""
-    with torch.inference_mode():
+    with FORWARD_LOCK, torch.inference_mode():
         return MODEL.load()(x).argmax(dim=1).tolist()
 
 
