@@ -75,3 +75,11 @@ def test_machine_busy_seconds_grows() -> None:
     before = contention.machine_busy_seconds()
     spin(0.3)
     assert contention.machine_busy_seconds() > before
+
+
+def test_no_pause_after_the_last_attempt(monkeypatch) -> None:
+    # Every attempt is contended (threshold below zero): 2 attempts, so 1 pause between them, none after.
+    pauses: list[float] = []
+    monkeypatch.setattr(contention.time, "sleep", pauses.append)
+    m = contention.measure_uncontended(lambda: None, threshold=-1.0, retries=1, pause=0.5)
+    assert m.attempts == 2 and pauses == [0.5]

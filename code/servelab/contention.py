@@ -102,12 +102,14 @@ def measure_uncontended(
     """Run ``fn`` until outside load stays under ``threshold`` cores.
 
     Makes at most ``1 + retries`` attempts, pausing between them so a
-    transient job can finish. Returns the least contended attempt, flagged
-    ``contended`` if even that one was over the threshold.
+    transient job can finish (not after the last: no attempt follows it).
+    Returns the least contended attempt, flagged ``contended`` if even that
+    one was over the threshold.
     """
     threshold = default_threshold() if threshold is None else threshold
     best: Measured[T] | None = None
-    for attempt in range(1, retries + 2):
+    last = retries + 1
+    for attempt in range(1, last + 1):
         with OutsideLoad() as load:
             value = fn()
         current = Measured(value, load.cores, attempt, load.cores > threshold)
@@ -115,7 +117,8 @@ def measure_uncontended(
             best = current
         if not current.contended:
             break
-        time.sleep(pause)
+        if attempt < last:
+            time.sleep(pause)
     assert best is not None
     best.attempts = attempt
     return best
