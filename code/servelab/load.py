@@ -20,7 +20,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from servelab import tools
 from servelab.stats import LatencySummary, summarize
 
 T = TypeVar("T")
@@ -127,7 +127,7 @@ def check_loopback(url: str) -> None:
 
 def wrk_available() -> bool:
     """True when the ``wrk`` binary is on PATH. Taught in: chapters/01_latency.ipynb."""
-    return shutil.which("wrk") is not None
+    return tools.find("wrk") is not None
 
 
 def _run_coro(coro: Coroutine[Any, Any, T]) -> T:
