@@ -165,13 +165,18 @@ def _config_excluding(notebooks: list[str]) -> Path:
 def book_build(nbval_runs) -> BookBuild:
     """``jupyter-book build``, once per session, after nbval ran the chapters (conftest.py orders it).
 
-    Chapters nbval stored in the cache are not executed again. One that failed under nbval is
-    excluded from execution: a second run could pass and publish numbers nbval never checked.
+    Chapters nbval stored in the cache are not executed again, and their pages are rebuilt from
+    those runs. One that failed under nbval is excluded from execution: a second run could pass
+    and publish numbers nbval never checked.
     """
     command = [str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "-W", "-n", "--keep-going"]
     failed = sorted(name for name, run in nbval_runs.items() if run.failed)
     if failed:
         command += ["--config", str(_config_excluding(failed))]
+    if any(run.stored for run in nbval_runs.values()):
+        # Sphinx re-reads a page only when its source changed, and nbval's new run did not change
+        # the notebook: without --all an unchanged chapter would keep the page of an older run.
+        command.append("--all")
     BUILD_LOG.parent.mkdir(parents=True, exist_ok=True)
     try:
         proc = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
