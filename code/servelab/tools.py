@@ -47,7 +47,7 @@ TOOLS: dict[str, Tool] = {tool.name: tool for tool in (
     Tool("nginx", "nginx-light", "the reverse proxy of chapter 2",
          "chapter 2's proxy section and the nginx tests are skipped", command="nginx",
          paths=("/usr/sbin/nginx", "/usr/local/sbin/nginx")),
-    Tool("fonts", "fonts-dejavu-core", "the fonts Chromium draws the website screenshots with",
+    Tool("fonts-dejavu-core", "fonts-dejavu-core", "the fonts Chromium draws the website screenshots with",
          "screenshots may show boxes instead of text",
          paths=("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",)),
 )}  # fmt: skip
