@@ -51,7 +51,8 @@ class NotebookRun:
 
     @property
     def name(self) -> str:
-        return self.path.relative_to(ROOT).as_posix()
+        """The notebook's path relative to the repository (chapters/02_gil.ipynb)."""
+        return self.path.relative_to(ROOT).as_posix() if self.path.is_relative_to(ROOT) else str(self.path)
 
 
 class BookSession:

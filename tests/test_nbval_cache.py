@@ -4,13 +4,13 @@ Runs nbval, with the repository's conftest.py, on a small notebook in a temporar
 looks for the entry myst-nb would find for that notebook file.
 """
 
+import subprocess
+import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 from jupyter_cache import get_cache
 
-pytest_plugins = ["pytester"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -27,20 +27,27 @@ def small_notebook(fail: bool = False) -> nbformat.NotebookNode:
     return nb
 
 
-def run_nbval(pytester: pytest.Pytester, nb: nbformat.NotebookNode) -> tuple[pytest.RunResult, Path]:
-    pytester.makeconftest((ROOT / "conftest.py").read_text())
-    path = pytester.path / "chapter.ipynb"
+def run_nbval(tmp_path: Path, nb: nbformat.NotebookNode) -> tuple[subprocess.CompletedProcess, Path]:
+    """pytest with nbval and a copy of conftest.py on ``nb``, in ``tmp_path`` (its own process and rootdir).
+
+    Not pytester: it restores sys.modules after each test, which breaks jupyter_client's kernel
+    provisioners for the tests that follow.
+    """
+    (tmp_path / "conftest.py").write_text((ROOT / "conftest.py").read_text())
+    path = tmp_path / "chapter.ipynb"
     nbformat.write(nb, path)
-    result = pytester.runpytest_subprocess("--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
-                                           str(path), timeout=240)
+    command = [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+               "--rootdir", str(tmp_path), str(path)]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=240)
     return result, path
 
 
-def test_a_passing_run_is_stored_as_myst_nb_would_find_it(pytester):
-    result, path = run_nbval(pytester, small_notebook())
-    result.assert_outcomes(passed=4)
-    result.stdout.fnmatch_lines(["*chapter.ipynb: executed once, by nbval, in *stored in _build*"])
-    cache = get_cache(str(pytester.path / "_build" / ".jupyter_cache"))
+def test_a_passing_run_is_stored_as_myst_nb_would_find_it(tmp_path):
+    result, path = run_nbval(tmp_path, small_notebook())
+    assert result.returncode == 0 and "4 passed" in result.stdout, result.stdout[-3000:]
+    assert "chapter.ipynb: executed once, by nbval, in " in result.stdout
+    assert "stored in _build/.jupyter_cache for the website" in result.stdout
+    cache = get_cache(str(tmp_path / "_build" / ".jupyter_cache"))
     record = cache.match_cache_notebook(nbformat.read(path, as_version=4))  # the file, as the book reads it
     assert record.data["execution_seconds"] > 0
     _, merged = cache.merge_match_into_notebook(nbformat.read(path, as_version=4))
@@ -54,9 +61,9 @@ def test_a_passing_run_is_stored_as_myst_nb_would_find_it(pytester):
     assert merged.metadata["language_info"]["name"] == "python"
 
 
-def test_a_failed_run_is_not_stored(pytester):
-    result, _ = run_nbval(pytester, small_notebook(fail=True))
-    result.assert_outcomes(passed=3, failed=1)
-    result.stdout.fnmatch_lines(["*chapter.ipynb: executed once, by nbval, in *not stored for the website*",
-                                 "*what this run did not check*"])
-    assert not (pytester.path / "_build" / ".jupyter_cache").exists()  # nothing was written to a cache
+def test_a_failed_run_is_not_stored(tmp_path):
+    result, _ = run_nbval(tmp_path, small_notebook(fail=True))
+    assert result.returncode == 1 and "1 failed, 3 passed" in result.stdout, result.stdout[-3000:]
+    assert "not stored for the website: nbval failed or skipped a cell" in result.stdout
+    assert "what this run did not check" in result.stdout
+    assert not (tmp_path / "_build" / ".jupyter_cache").exists()  # nothing was written to a cache
