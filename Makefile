@@ -1,12 +1,11 @@
 # Two commands on a fresh machine:
 #   make book   build the executed website into _build/html
 #   make test   unit tests, nbval on every chapter, and the website check
-# Both create (or reuse) .venv and install requirements.txt into it.
+# Both first run scripts/setup: .venv with requirements.txt, and the Debian tools where it can.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -16,48 +15,46 @@ export TRANSFORMERS_OFFLINE := 1
 unexport MPLBACKEND
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv book test unit notebooks website lab student clean robustness
+.PHONY: setup venv book test unit notebooks website lab student clean robustness
 
-venv: $(STAMP)
+# scripts/setup installs what is missing: .venv with requirements.txt, and on Debian/Ubuntu (as
+# root or with passwordless sudo) the system tools. It prints one line for each tool it could not
+# install; the tests that need that tool are then skipped with the same line.
+setup:
+	@PYTHON=$(PYTHON) scripts/setup
 
-$(STAMP): requirements.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.txt
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (servelab)" >/dev/null
-	touch $(STAMP)
+venv: setup
 
-book: $(STAMP)
+book: setup
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	@echo "Website: $(CURDIR)/_build/html/index.html"
 
-unit: $(STAMP)
+unit: setup
 	$(BIN)/python -m pytest tests --ignore=tests/test_website.py -q
 
-notebooks: $(STAMP)
+notebooks: setup
 	$(BIN)/python -m pytest chapters -q
 
-website: book
-	$(BIN)/python -m pytest tests/test_website.py -q
+# The website test builds the book itself (chapters found in the execution cache are not re-run).
+website: setup
+	$(BIN)/python -m pytest tests/test_website.py -q -rs
 
-# Everything: build the website (the website test inspects it), then one pytest run over
-# tests/ and chapters/ so the closing summary line counts every test. pytest runs even when
-# the build failed, so its summary shows what broke; the exit status reports either failure.
-test: $(STAMP)
-	@status=0; \
-	$(MAKE) --no-print-directory book || status=$$?; \
-	$(BIN)/python -m pytest -q -rfEs --durations=15 || status=$$?; \
-	exit $$status
+# Everything in one pytest session, so the closing summary line counts every test: unit tests,
+# nbval on every chapter (each executed once; conftest.py stores the runs in the book's cache),
+# then the book build from those runs and the website check. -rfEs lists failures, errors and
+# skipped tests with their reasons at the end.
+test: setup
+	$(BIN)/python -m pytest -q -rfEs --durations=15
 
 # Maintainers: every chapter on all cores, under taskset -c 0, beside a busy loop, and without wrk;
 # writes the claims x conditions table to _build/robustness/robustness.md (about 20 minutes on 2 cores).
-robustness: $(STAMP)
+robustness: setup
 	$(BIN)/python -m servelab.robustness
 
-student: $(STAMP)
+student: setup
 	$(BIN)/python -m servelab.student chapters _build/student
 
-lab: $(STAMP)
+lab: setup
 	$(BIN)/jupyter lab chapters
 
 clean:

@@ -99,3 +99,11 @@ def test_persistent_outside_load_stops_the_retries(monkeypatch):
     assert len(calls) == 3 * contention.PERSISTENT_AFTER and contention.persistent_load()
     m = contention.measure_uncontended(lambda: calls.append(1), retries=2, pause=0)
     assert m.attempts == 1 and m.contended  # no retries while the neighbour stays
+
+
+def test_no_pause_after_the_last_attempt(monkeypatch) -> None:
+    # Every attempt is contended (threshold below zero): 2 attempts, so 1 pause between them, none after.
+    pauses: list[float] = []
+    monkeypatch.setattr(contention.time, "sleep", pauses.append)
+    m = contention.measure_uncontended(lambda: None, threshold=-1.0, retries=1, pause=0.5)
+    assert m.attempts == 2 and pauses == [0.5]

@@ -150,3 +150,34 @@ def test_load_point_pools_runs():
     point = gil._load_point("x", gil.LoadSpec(), runs)
     assert point.throughput == 75.0 and point.completed == 150
     assert point.server_cores == 0.75 and point.outside_cores == 0.3 and point.contended
+
+
+def test_measure_setups_without_memory_starts_both_at_once():
+    setups = [gil.Setup("one", "single", env=SMALL), gil.Setup("two", "threads", threads=2, env=SMALL)]
+    before = set(servers._LIVE)
+    results = gil.measure_setups(setups, concurrencies=[1], duration_s=0.2, warmup_s=0.05, retries=0,
+                                 read_memory=False)
+    assert [r.setup.label for r in results] == ["one", "two"]
+    assert all(r.memory is None and r.points[0].completed > 0 for r in results)
+    assert set(servers._LIVE) == before
+
+
+def test_start_together_stops_the_started_when_one_fails(monkeypatch):
+    good, bad = gil.Setup("good", "single", env=SMALL), gil.Setup("bad", "single", app="servelab.apps.nowhere:app")
+    started = []
+    original = gil.Setup.start
+
+    def start(self, wait=True):  # noqa: ANN001, ANN202
+        started.append(original(self, wait))
+        return started[-1]
+
+    monkeypatch.setattr(gil.Setup, "start", start)
+    with pytest.raises(servers.ServerError):
+        gil.start_together([good, bad])
+    assert started[0].alive_pids() == [] and started[0].guard.poll() is not None
+
+
+def test_in_parallel_keeps_order_and_raises():
+    assert gil.in_parallel([lambda: 1, lambda: 2]) == [1, 2]
+    with pytest.raises(ZeroDivisionError):
+        gil.in_parallel([lambda: 1, lambda: 1 / 0])

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from servelab import load
+from servelab import load, tools
 
 SLEEP_S = 0.005  # the "/" handler's service time
 SLOW_EVERY = 10  # "/bimodal": every 10th request is slow
@@ -23,7 +23,7 @@ HANG_S = 3.0  # "/hang": longer than any grace used here
 
 TOOLS = [
     "asyncio",
-    pytest.param("wrk", marks=pytest.mark.skipif(not load.wrk_available(), reason="wrk not installed")),
+    pytest.param("wrk", marks=pytest.mark.skipif(not load.wrk_available(), reason=tools.missing_reason("wrk"))),
 ]
 
 
@@ -186,7 +186,7 @@ def test_closed_loop_works_inside_a_running_event_loop(server: _Server) -> None:
     assert asyncio.run(like_jupyter()).completed > 0
 
 
-@pytest.mark.skipif(not load.wrk_available(), reason="wrk not installed")
+@pytest.mark.skipif(not load.wrk_available(), reason=tools.missing_reason("wrk"))
 def test_wrk_latencies_are_every_request_without_wrk_correction(server: _Server) -> None:
     # One connection, every 10th reply 40 ms vs 2 ms: wrk's coordinated-omission
     # correction would add several fake 40-ms-ish samples per slow reply.

@@ -8,9 +8,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from servelab import nginx, servers
+from servelab import nginx, servers, tools
 
-needs_nginx = pytest.mark.skipif(not nginx.available(), reason="nginx is not installed (CI installs nginx-light)")
+needs_nginx = pytest.mark.skipif(not nginx.available(), reason=tools.missing_reason("nginx"))
 
 
 def test_config_puts_every_written_path_in_the_workdir(tmp_path):

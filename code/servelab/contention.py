@@ -114,16 +114,17 @@ def measure_uncontended(
     """Run ``fn`` until outside load stays under ``threshold`` cores.
 
     Makes at most ``1 + retries`` attempts, pausing between them so a
-    transient job can finish (none while :func:`persistent_load`). Returns the
-    least contended attempt, flagged ``contended`` if even that one was over
-    the threshold.
+    transient job can finish (not after the last: no attempt follows it; and
+    none while :func:`persistent_load`). Returns the least contended attempt,
+    flagged ``contended`` if even that one was over the threshold.
     """
     global _contended_streak
     threshold = default_threshold() if threshold is None else threshold
     if persistent_load():
         retries = 0
     best: Measured[T] | None = None
-    for attempt in range(1, retries + 2):
+    last = retries + 1
+    for attempt in range(1, last + 1):
         with OutsideLoad() as load:
             value = fn()
         current = Measured(value, load.cores, attempt, load.cores > threshold)
@@ -131,7 +132,8 @@ def measure_uncontended(
             best = current
         if not current.contended:
             break
-        time.sleep(pause)
+        if attempt < last:
+            time.sleep(pause)
     assert best is not None
     best.attempts = attempt
     _contended_streak = _contended_streak + 1 if best.contended else 0

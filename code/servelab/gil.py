@@ -24,14 +24,16 @@ import json
 import statistics
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
 from servelab import contention, load, memory, servers, stats
 
 MiB = memory.MiB
+T = TypeVar("T")
 JSON_HEADERS = {"Content-Type": "application/json"}
 #: Iterations of pure-Python work in the app's ``/pyloop`` handler; every set-up passes it to its server.
 PYLOOP_ITERS = 150_000
@@ -63,11 +65,14 @@ class Setup:
     app: str = "servelab.apps.predict:app"
     env: Mapping[str, str] = field(default_factory=dict)
 
-    def start(self) -> servers.Server:
-        """Start this set-up's server and wait until every worker is ready (a context manager)."""
+    def start(self, wait: bool = True) -> servers.Server:
+        """Start this set-up's server and wait until every worker is ready (a context manager).
+
+        ``wait=False`` returns at once (see :func:`servelab.servers.gunicorn`).
+        """
         env = {**self.env, "SERVELAB_PYLOOP_ITERS": str(PYLOOP_ITERS)}  # calibrate_mixed_work relies on it
         return servers.gunicorn(self.app, workers=self.workers, threads=self.threads, preload=self.preload,
-                                gc_freeze=self.gc_freeze, torch_threads=self.torch_threads, env=env)
+                                gc_freeze=self.gc_freeze, torch_threads=self.torch_threads, env=env, wait=wait)
 
     def with_(self, label: str, **changes: object) -> "Setup":
         """A copy with some settings changed (``env`` entries are added to the existing ones)."""
@@ -316,7 +321,7 @@ class SetupResult:
 
     setup: Setup
     points: list[LoadPoint]
-    memory: MemorySnapshot
+    memory: MemorySnapshot | None  # None when measured with read_memory=False
     profiler_mib: dict[str, float] | None = None
     mixed: MixedWork | None = None
 
@@ -352,6 +357,7 @@ def measure_setups(
     batch_points: Sequence[tuple[int, int]] = (),
     profiler: Sequence[str] = (),
     retries: int = 2,
+    read_memory: bool = True,
 ) -> list[SetupResult]:
     """Measure one or two set-ups side by side; every server is stopped at the end, also on errors.
 
@@ -368,7 +374,9 @@ def measure_setups(
     while a server runs alone, after it has served a burst at the highest
     concurrency: PSS splits shared-library pages among every process that
     maps them, so a neighbour would lower it. The first server is read before
-    the second starts, the second after the first has stopped.
+    the second starts, the second after the first has stopped. With
+    ``read_memory=False`` there are no memory readings (``memory`` is None),
+    so both servers start at once: start-ups overlap, measurements never do.
     """
     if not 1 <= len(setups) <= 2 or len({s.label for s in setups}) != len(setups):
         raise ValueError("measure one set-up, or two with distinct labels, at a time")
@@ -378,7 +386,7 @@ def measure_setups(
     memories: dict[str, MemorySnapshot] = {}
     profiles: dict[str, dict[str, float] | None] = {}
 
-    def read_memory(setup: Setup, server: servers.Server) -> None:
+    def read_memory_of(setup: Setup, server: servers.Server) -> None:
         memories[setup.label] = measure_memory(server, setup.label)
         profiles[setup.label] = profiler_memory_mib(server) if setup.label in profiler else None
 
@@ -391,12 +399,18 @@ def measure_setups(
 
     with contextlib.ExitStack() as stack:
         running: dict[str, servers.Server] = {}
-        for setup in setups:
-            running[setup.label] = server = setup.start()
-            stack.callback(stop_once, server)
-            _warm_up(server, burst, warmup_s)
-            if len(running) == 1:
-                read_memory(setup, server)
+        # Registered first, so it also runs when a start fails: every server started so far stops.
+        stack.callback(lambda: in_parallel([lambda s=s: stop_once(s) for s in running.values()]))
+        if read_memory:
+            for setup in setups:
+                running[setup.label] = server = setup.start()
+                _warm_up(server, burst, warmup_s)
+                if len(running) == 1:
+                    read_memory_of(setup, server)
+        else:
+            running.update(start_together(setups))
+            for server in running.values():
+                _warm_up(server, burst, warmup_s)
         if mixed_shares and mixed is None:
             mixed = calibrate_mixed_work(running[setups[0].label], mixed_shares)
         specs += [LoadSpec("/predict", mixed_concurrency or max(concurrencies), python_work=mixed.iterations[share])
@@ -407,10 +421,39 @@ def measure_setups(
                                            retries=retries)
             for label, point in measured.items():
                 points[label].append(point)
-        if len(setups) == 2:
+        if len(setups) == 2 and read_memory:
             stop_once(running[setups[0].label])
-            read_memory(setups[1], running[setups[1].label])
-    return [SetupResult(s, points[s.label], memories[s.label], profiles[s.label], mixed) for s in setups]
+            read_memory_of(setups[1], running[setups[1].label])
+    return [SetupResult(s, points[s.label], memories.get(s.label), profiles.get(s.label), mixed) for s in setups]
+
+
+def in_parallel(calls: Sequence[Callable[[], T]]) -> list[T]:
+    """Run ``calls`` at once, in threads; their results in order. The first error is raised after all ended."""
+    with ThreadPoolExecutor(max_workers=max(1, len(calls))) as pool:
+        futures = [pool.submit(call) for call in calls]
+    for future in futures:
+        if future.exception() is not None:
+            raise future.exception()  # type: ignore[misc]
+    return [future.result() for future in futures]
+
+
+def start_together(setups: Sequence[Setup]) -> dict[str, servers.Server]:
+    """Start every set-up at once (their start-ups overlap), then wait for all; by label.
+
+    On an error, the others stop; the one that failed is handled as by :meth:`Setup.start`.
+    Started from this thread, not a pool: a server's guard dies with the thread that started it.
+    """
+    started: dict[str, servers.Server] = {}
+    waiting: servers.Server | None = None  # the one whose wait_ready raised, if any
+    try:
+        for setup in setups:
+            started[setup.label] = setup.start(wait=False)
+        for waiting in started.values():
+            waiting.wait_ready()
+    except BaseException:
+        in_parallel([server.stop for server in started.values() if server is not waiting])
+        raise
+    return started
 
 
 def measure_setup(setup: Setup, **kwargs: object) -> SetupResult:

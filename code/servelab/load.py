@@ -20,7 +20,6 @@ import json
 import math
 import os
 import resource
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -34,6 +33,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import numpy as np
 
+from servelab import tools
 from servelab.stats import LatencySummary, summarize
 
 T = TypeVar("T")
@@ -126,12 +126,11 @@ def check_loopback(url: str) -> None:
 
 
 def wrk_available() -> bool:
-    """True when the ``wrk`` binary is on PATH and ``SERVELAB_NO_WRK`` is not set.
+    """True when the ``wrk`` binary is on PATH (and not hidden by ``SERVELAB_WITHOUT=wrk``).
 
-    ``SERVELAB_NO_WRK=1`` runs a chapter as a reader without wrk would (the robustness matrix
-    does). Taught in: chapters/01_latency.ipynb.
+    Taught in: chapters/01_latency.ipynb.
     """
-    return shutil.which("wrk") is not None and not os.environ.get("SERVELAB_NO_WRK")
+    return tools.find("wrk") is not None
 
 
 def run_coro(coro: Coroutine[Any, Any, T]) -> T:

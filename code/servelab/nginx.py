@@ -17,21 +17,17 @@ Taught in: chapters/02_gil.ipynb.
 
 from __future__ import annotations
 
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
-from servelab import servers
+from servelab import servers, tools
 
 TEMP_PATHS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
 
 
 def nginx_binary() -> str | None:
     """Path of the ``nginx`` executable, or None where it is not installed."""
-    return shutil.which("nginx") or next(
-        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
-    )
+    return tools.find("nginx")
 
 
 def available() -> bool:

@@ -6,7 +6,7 @@ four conditions and collects the claims ledger of each run:
 - ``all-cores``: as is, on every usable core;
 - ``one-core``: under ``taskset -c 0``;
 - ``busy-neighbour``: with a one-core busy loop beside it, which this script starts and stops;
-- ``no-wrk``: without wrk (``SERVELAB_NO_WRK=1``), on the asyncio client.
+- ``no-wrk``: without wrk (``SERVELAB_WITHOUT=wrk``), on the asyncio client.
 
 It writes ``_build/robustness/robustness.md``: one row per claim, one column per condition, with
 held, failed or skipped (and why), and prints the totals. A chapter that failed before its check
@@ -46,7 +46,7 @@ CONDITIONS = {
     "all-cores": Condition("all-cores"),
     "one-core": Condition("one-core", prefix=("taskset", "-c", "0")),
     "busy-neighbour": Condition("busy-neighbour", busy_neighbour=True),
-    "no-wrk": Condition("no-wrk", env=(("SERVELAB_NO_WRK", "1"),)),
+    "no-wrk": Condition("no-wrk", env=(("SERVELAB_WITHOUT", "wrk"),)),
 }
 
 

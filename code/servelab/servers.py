@@ -290,6 +290,7 @@ def gunicorn(
     env: Mapping[str, str] | None = None,
     extra_args: Sequence[str] = (),
     ready_timeout: float = 120.0,
+    wait: bool = True,
 ) -> Server:
     """Start gunicorn serving ``app`` with ``workers`` processes of ``threads`` threads each.
 
@@ -297,6 +298,9 @@ def gunicorn(
     ``preload`` loads the app (and its model) in the master before forking;
     ``gc_freeze`` calls ``gc.freeze()`` before the fork so the collector does
     not dirty the shared pages.
+    ``wait=False`` returns at once: call :meth:`Server.wait_ready` before use. Several
+    servers then start at the same time (from this thread: their guards die with the
+    thread that started them).
     """
     port = free_port()
     cmd = [
@@ -318,7 +322,7 @@ def gunicorn(
     # QUIT is gunicorn's quick shutdown; it still takes ~1.3 s, so after 0.5 s the guard
     # SIGKILLs the group. A measurement server has no in-flight work worth waiting for.
     server = Server(cmd, port=port, name=name, expected_workers=workers, env=full_env, stop_signal="QUIT", grace_s=0.5)
-    return server.wait_ready(ready_timeout)
+    return server.wait_ready(ready_timeout) if wait else server
 
 
 def flask(
