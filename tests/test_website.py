@@ -427,3 +427,17 @@ def test_external_request_check_sees_a_cdn():
     ]})
     assert page_requests(net_log) == ["http://127.0.0.1:8000/chapters/01_latency.html", cdn]
     assert page_requests(net_log[:-2]) == page_requests(net_log)  # a net log left unfinished
+
+
+def test_claims_page_has_every_chapter_and_no_failed_claim(book_build):
+    """The page "What held on this machine": the claims ledger of this build, one row per claim."""
+    dom = PageDom()
+    dom.feed((SITE / "claims.html").read_text())
+    dom.close()
+    ledger = next((t for t in dom.tables if "outcome" in t and "bound" in t), None)
+    assert ledger is not None, "claims.html has no table of claims (did the claims_page extension run?)"
+    chapters = [Path(page).name for page in CHAPTER_PAGES]
+    missing = [name for name in chapters if name not in ledger]
+    assert not missing, f"the claims page has no row for {missing}: their check cells recorded nothing in this build"
+    failed = re.findall(r"failed: [^|]{0,200}", ledger)
+    assert not failed, f"the claims page shows failed claims: {failed}"
