@@ -177,10 +177,13 @@ def _load_point(setup: str, spec: LoadSpec, runs: Sequence[_Run]) -> LoadPoint:
     """One point from one or more runs: requests and seconds add up, latencies are pooled."""
     results = [r.result for r in runs]
     duration = sum(r.duration_s for r in results)
-    summary = stats.summarize(np.concatenate([r.latencies for r in results]))
+    latencies = np.concatenate([r.latencies for r in results])
+    # A run starved by other programs may complete no request at all: its percentiles are infinite.
+    summary = stats.summarize(latencies) if latencies.size else None
+    p50, p99 = (summary.p50, summary.p99) if summary else (np.inf, np.inf)
     return LoadPoint(
         setup=setup, path=spec.path, concurrency=spec.concurrency, python_work=spec.python_work, batch=spec.batch,
-        throughput=sum(r.succeeded for r in results) / duration, p50=summary.p50, p99=summary.p99,
+        throughput=sum(r.succeeded for r in results) / duration, p50=p50, p99=p99,
         server_cores=sum(r.cpu_s for r in runs) / sum(r.wall_s for r in runs),
         client_cores=sum(r.client_cpu_cores * r.duration_s for r in results) / duration,
         outside_cores=max(r.outside_cores for r in runs), contended=any(r.contended for r in runs),
