@@ -65,12 +65,15 @@ def _node_command(temp_dir: str, gcs_port: int, *, head: bool, cpus: int) -> lis
              "runtime-env-agent-port")}  # fmt: skip
     cmd = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address=127.0.0.1",
            f"--num-cpus={cpus}", f"--temp-dir={temp_dir}", "--object-store-memory=100000000",
-           "--disable-usage-stats", *(f"--{name}={port}" for name, port in ports.items())]  # fmt: skip
+           "--disable-usage-stats", *(f"--{name}={port}" for name, port in ports.items()),
+           # The log monitor forwards worker logs to the driver, which we turn off (log_to_driver=False):
+           # one Python process less per node, and a start-up that a busy machine can still finish.
+           "--include-log-monitor=false"]  # fmt: skip
     if head:
-        return cmd + ["--head", f"--port={gcs_port}", "--include-dashboard=false",
+        # --no-monitor: the autoscaler's monitor adds machines to a cluster; ours has a fixed two nodes.
+        return cmd + ["--head", f"--port={gcs_port}", "--include-dashboard=false", "--no-monitor",
                       f"--ray-client-server-port={servers.free_port()}"]  # fmt: skip
-    # One log monitor per physical host is enough (Ray's own advice), and it saves a process.
-    return cmd + [f"--address=127.0.0.1:{gcs_port}", "--include-log-monitor=false"]
+    return cmd + [f"--address=127.0.0.1:{gcs_port}"]
 
 
 def _wait_started(node: servers.Server, timeout_s: float) -> bool:
