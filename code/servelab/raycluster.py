@@ -28,6 +28,7 @@ import os
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+import logging
 import signal
 import socket
 import sys
@@ -207,7 +208,8 @@ def start(*, cpus_per_node: int = 1, env: Mapping[str, str] | None = None, with_
     cluster = LocalCluster(temp_dir, gcs_port, servers.free_port(), head, None, times, {"head": head_attempts})
     try:
         t0 = time.monotonic()
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Connecting to existing Serve app" per deploy
         times["driver connect"] = time.monotonic() - t0
         if with_worker:
             t0 = time.monotonic()
