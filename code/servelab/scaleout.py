@@ -19,11 +19,13 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import psutil
+from matplotlib.ticker import FuncFormatter
 
 from servelab import claims, contention, load, plots
 from servelab.rate_sweep import JSON_HEADERS, RatePoint
 
 BODY = b'{"batch": 1}'
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 50, 100, 200 on log axes, not 2×10²
 Processes = Callable[[], list[psutil.Process]]
 Classifier = Callable[[psutil.Process], str]
 
@@ -368,6 +370,8 @@ def plot_rate_sweeps(sweeps: Mapping[str, tuple[Sequence[RatePoint], float, str]
         ax.axvline(best, color=color, ls=":", lw=1.2)
     ax.axhline(slo_ms, color=plots.COLORS["p99"], lw=1, label=f"objective: p99 ≤ {slo_ms:g} ms")
     ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_minor_formatter(PLAIN)
     ax.set_ylim(top=ceiling_ms * 1.15)
     ax.legend(fontsize=8)
     plots.label(ax, "offered rate (requests/s, Poisson)", "p99 latency (ms, open loop)", "Batching in the engine")
@@ -390,6 +394,7 @@ def plot_timeline(timeline: Timeline, title: str, *, replicas: Callable[[dict], 
     finite = np.where(np.isfinite(p99s), p99s * 1e3, np.nan)
     axes[2].plot(centres, finite, "o-", color=plots.COLORS["p99"], ms=3)
     axes[2].set_yscale("log")
+    axes[2].yaxis.set_major_formatter(PLAIN)
     plots.label(axes[2], "time (s)", f"p99 per {window_s:g} s (ms)")
     for name, t in timeline.events.items():
         for ax in axes:
