@@ -29,6 +29,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 import logging
+import shutil
 import signal
 import socket
 import sys
@@ -188,8 +189,6 @@ class LocalCluster:
             for node in (self.worker, self.head):
                 if node:
                     node.stop()
-            import shutil
-
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalCluster":
