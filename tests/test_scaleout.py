@@ -100,6 +100,8 @@ def test_autoscaler_claim():
     assert scaleout.claim_autoscaler_up_and_down(good, high).held
     never_up = step_timeline([(0, {"RUNNING": 1}), (20, {"RUNNING": 1})])
     assert "should have added a replica" in scaleout.claim_autoscaler_up_and_down(never_up, high).message
+    late_up = step_timeline([(0, {"RUNNING": 1}), (14, {"RUNNING": 1}), (18, {"RUNNING": 2}), (21, {"RUNNING": 2})])
+    assert scaleout.claim_autoscaler_up_and_down(late_up, high).outcome == claims.FAILED  # down must follow up
     never_down = step_timeline([(0, {"RUNNING": 1}), (8, {"RUNNING": 2}), (21, {"RUNNING": 2})])
     assert scaleout.claim_autoscaler_up_and_down(never_down, high).outcome == claims.FAILED
 

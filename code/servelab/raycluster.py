@@ -50,10 +50,6 @@ NODE_ENV = {
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "",  # "" unsets it for the nodes (see above)
     # One proxy for the whole box: preferring the head's own replica would send it every request.
     "RAY_SERVE_PROXY_PREFER_LOCAL_NODE_ROUTING": "0",
-    # Replicas and the proxy report their ongoing requests to the autoscaler every 10 s by default;
-    # the chapter's load step lasts seconds, so they report every half second.
-    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
-    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
     # A loaded 2-core machine can take longer than Ray's default to start a node's agents.
     "RAY_agent_register_timeout_ms": "60000",
 }

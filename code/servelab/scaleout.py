@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import psutil
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from servelab import claims, contention, load, plots
 from servelab.rate_sweep import JSON_HEADERS, RatePoint
@@ -300,8 +300,8 @@ def claim_batching_lowers_cpu(batched: RatePoint, unbatched: RatePoint, *, bound
 def claim_autoscaler_up_and_down(timeline: Timeline, high: Phase, *, top: int = 2, bottom: int = 1) -> claims.Claim:
     """The autoscaler reached ``top`` running replicas during (or just after) the high phase, then ``bottom`` after it."""
     up = first_time(timeline.samples, lambda s: s.get("RUNNING", 0) >= top, after_s=high.start_s)
-    down = None if up is None else first_time(timeline.samples, lambda s: s.get("RUNNING", 0) <= bottom
-                                              and sum(s.values()) <= bottom, after_s=high.start_s + high.seconds)  # fmt: skip
+    down = None if up is None else first_time(timeline.samples, lambda s: sum(s.values()) <= bottom,
+                                              after_s=max(up, high.start_s + high.seconds))  # fmt: skip
     ok = up is not None and up <= high.start_s + high.seconds + 2.0 and down is not None
     return claims.condition(
         "ch5.autoscaler_up_and_down", f"On the load step the autoscaler went to {top} replicas, and back to {bottom} after it.",
@@ -389,6 +389,8 @@ def plot_timeline(timeline: Timeline, title: str, *, replicas: Callable[[dict], 
     times = [t for t, _ in timeline.samples]
     axes[1].step(times, [replicas(s) for _, s in timeline.samples], where="post", color=plots.COLORS["processes"])
     axes[1].set_ylim(0, max([replicas(s) for _, s in timeline.samples] + [2]) + 0.5)
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylim(0, max(p.rate for p in timeline.phases) * 1.25)
     plots.label(axes[1], "", "running replicas")
     centres, p99s = timeline.p99_windows(window_s)
     finite = np.where(np.isfinite(p99s), p99s * 1e3, np.nan)
