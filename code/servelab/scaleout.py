@@ -235,11 +235,11 @@ def fault_outcome(system: str, fault: str, timeline: Timeline, full: Callable[[d
 # --------------------------------------------------------------------------- claims (the check cells)
 
 
-def _contended_skip(claim_id: str, sentence: str, points: Sequence) -> claims.Claim | None:
+def _contended_skip(claim_id: str, sentence: str, points: Sequence, measured: str = "") -> claims.Claim | None:
     busy = [p for p in points if getattr(p, "contended", False)]
     if not busy:
         return None
-    return claims.skipped(claim_id, sentence, kind="contended",
+    return claims.skipped(claim_id, sentence, kind="contended", measured=measured,
                           reason=f"other programs took up to {max(p.outside_cores for p in busy):.2f} cores "
                                  f"during {len(busy)} of {len(points)} runs, after retries")
 
@@ -260,10 +260,10 @@ def claim_two_replicas_beat_one(one: ThroughputPoint, two: ThroughputPoint, core
     sentence = f"Two replicas answer ≥ {bound}× the requests per second of one, with 2 usable cores."
     if cores < 2:
         return claims.skipped(claim_id, sentence, kind="one core", reason="only 1 usable core: two replicas share it")
-    skip = _contended_skip(claim_id, sentence, [one, two])
+    gain = two.throughput / one.throughput
+    skip = _contended_skip(claim_id, sentence, [one, two], claims.fmt(gain))
     if skip:
         return skip
-    gain = two.throughput / one.throughput
     return claims.at_least(claim_id, sentence, gain, bound,
                            fail=f"2 replicas answered {two.throughput:.0f} req/s against {one.throughput:.0f} for one "
                                 f"({gain:.2f}×); a second replica on its own core should add throughput")
@@ -273,10 +273,10 @@ def claim_ray_costs_more_cpu(ray: ThroughputPoint, gunicorn: ThroughputPoint, *,
     """Ray Serve spends at least ``bound`` × gunicorn's CPU per request (the proxy and the RPC hop)."""
     claim_id = "ch5.ray_costs_more_cpu"
     sentence = f"Ray Serve spends ≥ {bound}× gunicorn's CPU per request on one box: the proxy and the extra hop."
-    skip = _contended_skip(claim_id, sentence, [ray, gunicorn])
+    ratio = ray.cpu_ms_per_request / gunicorn.cpu_ms_per_request
+    skip = _contended_skip(claim_id, sentence, [ray, gunicorn], claims.fmt(ratio))
     if skip:
         return skip
-    ratio = ray.cpu_ms_per_request / gunicorn.cpu_ms_per_request
     return claims.at_least(claim_id, sentence, ratio, bound,
                            fail=f"Ray used {ray.cpu_ms_per_request:.1f} ms of CPU per request, gunicorn "
                                 f"{gunicorn.cpu_ms_per_request:.1f} ms ({ratio:.2f}×); the proxy's HTTP parsing and the "
@@ -287,10 +287,10 @@ def claim_batching_lowers_cpu(batched: RatePoint, unbatched: RatePoint, *, bound
     """With ``@serve.batch`` the cluster spends at most ``bound`` × the unbatched CPU per request."""
     claim_id = "ch5.batching_lowers_cpu"
     sentence = f"@serve.batch cuts the cluster's CPU per request to ≤ {bound}× the unbatched deployment's."
-    skip = _contended_skip(claim_id, sentence, [batched, unbatched])
+    ratio = cpu_ms_per_request(batched) / cpu_ms_per_request(unbatched)
+    skip = _contended_skip(claim_id, sentence, [batched, unbatched], claims.fmt(ratio))
     if skip:
         return skip
-    ratio = cpu_ms_per_request(batched) / cpu_ms_per_request(unbatched)
     return claims.at_most(claim_id, sentence, ratio, bound,
                           fail=f"batched {cpu_ms_per_request(batched):.1f} ms against unbatched "
                                f"{cpu_ms_per_request(unbatched):.1f} ms of CPU per request ({ratio:.2f}×); one pass "
