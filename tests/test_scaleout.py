@@ -93,17 +93,18 @@ def step_timeline(counts: list[tuple[float, dict]]) -> Timeline:
     return Timeline([Phase(0, 5, 3), Phase(3, 30, 10), Phase(13, 5, 9)], np.empty(0), np.empty(0), 0, counts)
 
 
-def test_autoscaler_claim():
+def test_autoscaler_claim_and_times():
     high = Phase(3, 30, 10)
     good = step_timeline([(0, {"RUNNING": 1}), (6, {"RUNNING": 1, "STARTING": 1}), (8, {"RUNNING": 2}),
                           (15, {"RUNNING": 1, "STOPPING": 1}), (17, {"RUNNING": 1})])
-    assert scaleout.claim_autoscaler_up_and_down(good, high).held
+    assert scaleout.claim_autoscaler_scaled_up(good, high).held
+    assert (scaleout.scaled_up_at(good, high), scaleout.scaled_down_at(good, high)) == (8, 17)
     never_up = step_timeline([(0, {"RUNNING": 1}), (20, {"RUNNING": 1})])
-    assert "should have added a replica" in scaleout.claim_autoscaler_up_and_down(never_up, high).message
+    assert "should have added a replica" in scaleout.claim_autoscaler_scaled_up(never_up, high).message
+    assert scaleout.scaled_down_at(never_up, high) is None
     late_up = step_timeline([(0, {"RUNNING": 1}), (14, {"RUNNING": 1}), (18, {"RUNNING": 2}), (21, {"RUNNING": 2})])
-    assert scaleout.claim_autoscaler_up_and_down(late_up, high).outcome == claims.FAILED  # down must follow up
-    never_down = step_timeline([(0, {"RUNNING": 1}), (8, {"RUNNING": 2}), (21, {"RUNNING": 2})])
-    assert scaleout.claim_autoscaler_up_and_down(never_down, high).outcome == claims.FAILED
+    assert scaleout.claim_autoscaler_scaled_up(late_up, high).outcome == claims.FAILED
+    assert scaleout.scaled_down_at(late_up, high) is None  # the scale-down must follow the scale-up
 
 
 def test_recovery_claim():
