@@ -59,7 +59,7 @@ def test_killed_kernel_leaves_no_ray_process() -> None:
     try:
         code = ("import os, json\nfrom servelab import raycluster\n"
                 f"cluster = raycluster.start(env={SMALL_MODEL!r})\nraycluster.deploy_config()\n"
-                "print(json.dumps({'kernel': os.getpid(), 'pids': cluster.alive_pids(),"
+                "print(json.dumps({'kernel': os.getpid(), 'pids': [p.pid for p in cluster.processes()],"
                 " 'replicas': list(cluster.replica_pids())}))")  # fmt: skip
         reply = kc.execute_interactive(code, timeout=500, output_hook=lambda m: outputs.append(
             m["content"]["text"]) if m["msg_type"] == "stream" and m["content"]["name"] == "stdout" else None)  # fmt: skip
