@@ -1,0 +1,93 @@
+"""Checks for chapter 5's exercises (Ray Serve: replicas, batching, autoscaling, faults).
+
+Each check prints a tick or a hint aimed at the usual mistake, and returns whether the answer was right.
+Taught in: chapters/05a_ray_serve.ipynb, chapters/05b_ray_faults.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+
+from servelab.exercises import check
+
+
+def _near(a: float, b: float, rel: float = 0.05) -> bool:
+    return math.isclose(float(a), float(b), rel_tol=rel)
+
+
+def expected_cpu_bound_throughput(cpu_ms_per_request: float, cores: int) -> float:
+    """Requests per second that ``cores`` cores can pay for at ``cpu_ms_per_request`` each."""
+    return cores * 1e3 / cpu_ms_per_request
+
+
+def check_cpu_bound_throughput(answer: float | None, cpu_ms_per_request: float, cores: int) -> bool:
+    """Exercise 1: the most requests/s the machine's cores can pay for, from the measured CPU per request."""
+    expected = expected_cpu_bound_throughput(cpu_ms_per_request, cores)
+    if answer is None or answer is Ellipsis:
+        return check(answer, expected, name="CPU-bound throughput (req/s)")
+    hint = "Each request costs that much CPU, wherever it is spent; the machine has `cores` cores to spend."
+    if _near(answer, 1e3 / cpu_ms_per_request):
+        hint = "That is what one core pays for; the whole cluster runs on every usable core."
+    elif _near(answer, cores / cpu_ms_per_request):
+        hint = "Mind the unit: the CPU per request is in milliseconds."
+    elif _near(answer, cpu_ms_per_request * cores) or _near(answer, cpu_ms_per_request / cores):
+        hint = "That is a time, not a rate: divide the core-milliseconds per second by the milliseconds per request."
+    return check(answer, expected, rel_tol=0.05, name="CPU-bound throughput (req/s)", hint=hint)
+
+
+def check_effective_batch(answer: int | None, max_batch_size: int, max_ongoing_requests: int) -> bool:
+    """Exercise 2: the largest batch a replica can form with these two settings."""
+    expected = min(max_batch_size, max_ongoing_requests)
+    if answer is None or answer is Ellipsis:
+        return check(answer, expected, name="largest batch")
+    hint = "A batch is made of requests the replica holds at once. How many may it hold?"
+    if answer == max_batch_size and max_batch_size > max_ongoing_requests:
+        hint = "The router never gives a replica more than max_ongoing_requests at once, so the batch cannot fill."
+    elif answer == max(max_batch_size, max_ongoing_requests):
+        hint = "Both are limits: the smaller one wins."
+    return check(answer, expected, name="largest batch", hint=hint)
+
+
+def target_ongoing_range(slo_ms: float, service_ms: float) -> tuple[int, int]:
+    """The ``target_ongoing_requests`` that keep p99 within the SLO: ``(lowest sensible, highest safe)``.
+
+    A replica with one CPU serves its requests one after another, so the last of N ongoing ones
+    waits about N service times: N ≤ SLO / service. Half that leaves room for Poisson bursts.
+    """
+    highest = max(1, math.floor(slo_ms / service_ms))
+    return max(1, math.floor(highest / 2)), highest
+
+
+def check_target_ongoing(answer: float | None, slo_ms: float, service_ms: float) -> bool:
+    """Exercise 3: a ``target_ongoing_requests`` for a p99 objective, given one request's service time."""
+    low, high = target_ongoing_range(slo_ms, service_ms)
+    if answer is None or answer is Ellipsis:
+        return check(answer, high, name="target_ongoing_requests")
+    value = float(answer)
+    if low <= value <= high:
+        print(f"✓ target_ongoing_requests: {value:g} works: about {value:g} × {service_ms:.0f} ms = "
+              f"{value * service_ms:.0f} ms for the last one in line, within {slo_ms:g} ms.")  # fmt: skip
+        return True
+    if value > high:
+        hint = (f"The replica serves one request at a time: with {value:g} ongoing, the last waits about "
+                f"{value:g} × {service_ms:.0f} ms, past the objective.")  # fmt: skip
+    elif value > 0:
+        hint = "Safe, but it scales out before a replica is busy: you pay for idle replicas. You may aim higher."
+    else:
+        hint = "The target is a number of requests per replica, so it must be positive."
+    print(f"✗ target_ongoing_requests: {value:g} is not it. {hint}")
+    return False
+
+
+def check_max_failed(answer: int | None, max_ongoing_requests: int) -> bool:
+    """Exercise 4: at most how many requests fail when one replica process is killed."""
+    if answer is None or answer is Ellipsis:
+        return check(answer, max_ongoing_requests, name="most requests that can fail")
+    hint = "Which requests were on the killed replica when it died, and does Serve send them again?"
+    if answer == 0:
+        hint = "Serve does not retry a request already sent to a replica that dies: those fail."
+    elif answer == 1:
+        hint = "That is a gunicorn sync worker, which holds one request. A replica holds more at once."
+    elif answer > max_ongoing_requests:
+        hint = "Only the dead replica's requests fail; the router never gave it more than max_ongoing_requests."
+    return check(answer, max_ongoing_requests, name="most requests that can fail", hint=hint)

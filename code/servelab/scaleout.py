@@ -1,0 +1,417 @@
+"""Scaling out on Ray Serve, measured: throughput and CPU per request by role, load steps, faults.
+
+Built on :mod:`servelab.load` (closed loop via wrk or asyncio, open loop Poisson), with the CPU of
+every process of the server tree read before and after each run and split by role (for Ray:
+replicas, the HTTP proxy, the controller, and Ray's own system processes, which are load of the
+cluster and not of the model). The load-step and fault runs send open-loop traffic from helper
+threads while this thread watches the replicas, so the timeline shows what a client saw and what
+the cluster did at the same moments. The chapters' claim functions and figures are at the end.
+Taught in: chapters/05a_ray_serve.ipynb, chapters/05b_ray_faults.ipynb.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import psutil
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from servelab import claims, contention, load, plots
+from servelab.rate_sweep import JSON_HEADERS, RatePoint
+
+BODY = b'{"batch": 1}'
+PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 50, 100, 200 on log axes, not 2×10²
+Processes = Callable[[], list[psutil.Process]]
+Classifier = Callable[[psutil.Process], str]
+
+
+# --------------------------------------------------------------------------- CPU by role
+
+
+def cpu_by_process(processes: Sequence[psutil.Process], classify: Classifier) -> dict[tuple[int, float], tuple[str, float]]:
+    """(PID, start time) → (role, CPU-seconds so far) for every live process."""
+    snapshot = {}
+    for p in processes:
+        try:
+            t = p.cpu_times()
+            snapshot[(p.pid, p.create_time())] = (classify(p), t.user + t.system)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            pass
+    return snapshot
+
+
+def cpu_delta_by_role(before: Mapping, after: Mapping) -> dict[str, float]:
+    """CPU-seconds each role used between two snapshots (a process born in between counts whole)."""
+    used: dict[str, float] = {}
+    for key, (role, seconds) in after.items():
+        used[role] = used.get(role, 0.0) + seconds - before.get(key, (role, 0.0))[1]
+    return used
+
+
+def gunicorn_role(process: psutil.Process) -> str:
+    """gunicorn's processes: the arbiter (master) or a worker."""
+    try:
+        return "worker" if "gunicorn" in " ".join(psutil.Process(process.ppid()).cmdline()) else "master"
+    except psutil.NoSuchProcess:
+        return "worker"
+
+
+@dataclass(frozen=True)
+class ThroughputPoint:
+    """Closed-loop throughput, latency and the server tree's CPU per answered request, by role."""
+
+    label: str
+    concurrency: int
+    throughput: float
+    p50_s: float
+    p99_s: float
+    cpu_ms_by_role: dict[str, float]
+    errors: int
+    tool: str
+    outside_cores: float
+    contended: bool
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return sum(self.cpu_ms_by_role.values())
+
+
+def measure_throughput(label: str, url: str, processes: Processes, classify: Classifier, *, concurrency: int,
+                       duration_s: float = 2.0, warmup_s: float = 0.5, retries: int = 1) -> ThroughputPoint:
+    """Closed-loop load on ``url``/predict; CPU per request from the process tree, split by ``classify``."""
+
+    def attempt() -> tuple[load.LoadResult, dict[str, float]]:
+        request = dict(concurrency=concurrency, method="POST", body=BODY, headers=JSON_HEADERS)
+        load.closed_loop(url + "/predict", duration_s=warmup_s, **request)
+        before = cpu_by_process(processes(), classify)
+        result = load.closed_loop(url + "/predict", duration_s=duration_s, **request)
+        return result, cpu_delta_by_role(before, cpu_by_process(processes(), classify))
+
+    measured = contention.measure_uncontended(attempt, retries=retries, pause=0.2)
+    result, used = measured.value
+    summary = result.summary()
+    per_request = {role: 1e3 * s / max(result.succeeded, 1) for role, s in sorted(used.items())}
+    return ThroughputPoint(label, concurrency, result.throughput, summary.p50, summary.p99, per_request, result.errors,
+                           result.tool, measured.outside_cores, measured.contended)  # fmt: skip
+
+
+def idle_cores_by_role(processes: Processes, classify: Classifier, seconds: float = 2.0) -> dict[str, float]:
+    """Cores each role uses while nothing is sent: the cluster's own upkeep."""
+    before = cpu_by_process(processes(), classify)
+    time.sleep(seconds)
+    return {role: s / seconds for role, s in cpu_delta_by_role(before, cpu_by_process(processes(), classify)).items()}
+
+
+def cpu_ms_per_request(point: RatePoint) -> float:
+    """Server CPU per answered request of an open-loop point, in ms."""
+    return 1e3 * point.server_cores / point.achieved_rate if point.achieved_rate > 0 else math.inf
+
+
+# --------------------------------------------------------------------------- timelines under open-loop load
+
+
+@dataclass(frozen=True)
+class Phase:
+    """Open-loop Poisson traffic at ``rate``/s for ``seconds``, starting ``start_s`` into the run."""
+
+    start_s: float
+    rate: float
+    seconds: float
+
+
+@dataclass
+class Timeline:
+    """What a client sent and saw, and what the cluster reported, on one clock (seconds from the start)."""
+
+    phases: list[Phase]
+    send_s: np.ndarray  # scheduled send time of every request
+    latency_s: np.ndarray  # inf: no answer, or an answer after the client stopped waiting
+    failed: int  # error answers plus requests without an answer
+    samples: list[tuple[float, dict]] = field(default_factory=list)  # (t, what poll() returned)
+    events: dict[str, float] = field(default_factory=dict)  # name → t
+
+    @property
+    def sent(self) -> int:
+        return int(self.send_s.size)
+
+    def in_flight_at(self, t: float) -> int:
+        """Requests sent before ``t`` and not answered by then."""
+        return int(np.sum((self.send_s <= t) & (self.send_s + self.latency_s > t)))
+
+    def p99_windows(self, window_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Window centres and the p99 latency of the requests sent in each window (inf if one got no answer)."""
+        end = max(p.start_s + p.seconds for p in self.phases)
+        edges = np.arange(0.0, end + window_s, window_s)
+        centres, p99s = [], []
+        for lo, hi in zip(edges[:-1], edges[1:]):
+            inside = self.latency_s[(self.send_s >= lo) & (self.send_s < hi)]
+            if inside.size:
+                centres.append((lo + hi) / 2)
+                p99s.append(float(np.percentile(inside, 99)) if np.isfinite(inside).all() else math.inf)
+        return np.asarray(centres), np.asarray(p99s)
+
+
+def _phase_thread(url: str, phase: Phase, t0: float, seed: int, grace_s: float, out: list) -> threading.Thread:
+    def run() -> None:
+        time.sleep(max(0.0, t0 + phase.start_s - time.monotonic()))
+        started = time.monotonic() - t0
+        result = load.open_loop(url + "/predict", rate=phase.rate, duration_s=phase.seconds, body=BODY,
+                                headers=JSON_HEADERS, grace_s=grace_s, seed=seed)  # fmt: skip
+        out.append((started, phase, seed, result))
+
+    return threading.Thread(target=run, name=f"servelab-phase-{seed}", daemon=True)
+
+
+def run_timeline(url: str, phases: Sequence[Phase], *, poll: Callable[[], dict], poll_s: float = 0.25,
+                 at: Mapping[float, Callable[[], object]] | None = None, grace_s: float = 8.0,
+                 extra_s: float = 0.0) -> Timeline:
+    """Send ``phases`` of open-loop traffic (each from its own thread, on schedule) while sampling ``poll()``.
+
+    ``at`` maps a time to an action run then (``{2.0: kill_replica}``), its moment recorded as an event.
+    Sampling goes on ``extra_s`` after the last phase. Each phase waits up to ``grace_s`` for its last
+    answers, so a slow phase never cuts off the next one's requests.
+    """
+    results: list = []
+    t0 = time.monotonic()
+    threads = [_phase_thread(url, phase, t0, seed, grace_s, results) for seed, phase in enumerate(phases)]
+    for thread in threads:
+        thread.start()
+    actions = sorted((at or {}).items())
+    end = max(p.start_s + p.seconds for p in phases) + extra_s
+    timeline = Timeline(list(phases), np.empty(0), np.empty(0), 0)
+    while time.monotonic() - t0 < end or any(t.is_alive() for t in threads):
+        now = time.monotonic() - t0
+        while actions and actions[0][0] <= now:
+            moment, action = actions.pop(0)
+            timeline.events[getattr(action, "__name__", str(moment))] = time.monotonic() - t0
+            action()
+        if now < end:
+            timeline.samples.append((now, poll()))
+        time.sleep(poll_s)
+    sends = [started + load.poisson_schedule(phase.rate, phase.seconds, seed) for started, phase, seed, _ in results]
+    timeline.send_s = np.concatenate(sends) if sends else np.empty(0)
+    timeline.latency_s = np.concatenate([r.latencies for *_, r in results]) if results else np.empty(0)
+    timeline.failed = sum(r.errors + r.unfinished for *_, r in results)
+    return timeline
+
+
+def first_time(samples: Sequence[tuple[float, dict]], condition: Callable[[dict], bool], after_s: float = 0.0) -> float | None:
+    """The first sample time at or after ``after_s`` whose value meets ``condition`` (None if none did)."""
+    return next((t for t, value in samples if t >= after_s and condition(value)), None)
+
+
+@dataclass(frozen=True)
+class FaultOutcome:
+    """One fault under steady load: what failed, what was in flight, how long until full strength."""
+
+    system: str
+    fault: str
+    sent: int
+    failed: int
+    in_flight: int
+    recovery_s: float | None
+    limit: int  # the most requests that could have been in flight on the failed process
+
+    def row(self) -> dict[str, object]:
+        return {"system": self.system, "fault": self.fault, "sent": self.sent, "failed": self.failed,
+                "in flight at the fault": self.in_flight,
+                "back to full strength after": "never (in this run)" if self.recovery_s is None
+                else f"{self.recovery_s:.1f} s"}  # fmt: skip
+
+
+def fault_outcome(system: str, fault: str, timeline: Timeline, full: Callable[[dict], bool], *, limit: int) -> FaultOutcome:
+    """Summarise a timeline with one fault event: failures, in-flight requests and time to recover."""
+    t_fault = next(iter(timeline.events.values()))
+    back = first_time(timeline.samples, full, after_s=t_fault + 0.05)
+    return FaultOutcome(system, fault, timeline.sent, timeline.failed, timeline.in_flight_at(t_fault),
+                        None if back is None else back - t_fault, limit)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- claims (the check cells)
+
+
+def _contended_skip(claim_id: str, sentence: str, points: Sequence, measured: str = "") -> claims.Claim | None:
+    busy = [p for p in points if getattr(p, "contended", False)]
+    if not busy:
+        return None
+    return claims.skipped(claim_id, sentence, kind="contended", measured=measured,
+                          reason=f"other programs took up to {max(p.outside_cores for p in busy):.2f} cores "
+                                 f"during {len(busy)} of {len(points)} runs, after retries")
+
+
+def claim_replicas_on_both_nodes(placement: Mapping[int, str]) -> claims.Claim:
+    """The deployment's replicas run on both nodes (PID → node)."""
+    nodes = sorted(set(placement.values()))
+    return claims.condition("ch5.replicas_on_both_nodes", "The two replicas run on both nodes of the cluster.",
+                            set(nodes) >= {"head", "worker"}, measured=", ".join(f"{pid}: {n}" for pid, n in placement.items()),
+                            bound="head and worker", fail=f"replicas ran on {nodes} only; with one CPU per node and "
+                                                          "one CPU per replica Ray must place them on both")  # fmt: skip
+
+
+def claim_two_replicas_beat_one(one: ThroughputPoint, two: ThroughputPoint, cores: int, *,
+                                bound: float = 1.1) -> claims.Claim:
+    """Two replicas answer at least ``bound`` × one replica's throughput, where 2 cores are usable."""
+    claim_id = "ch5.two_replicas_beat_one"
+    sentence = f"Two replicas answer ≥ {bound}× the requests per second of one, with 2 usable cores."
+    if cores < 2:
+        return claims.skipped(claim_id, sentence, kind="one core", reason="only 1 usable core: two replicas share it")
+    gain = two.throughput / one.throughput
+    skip = _contended_skip(claim_id, sentence, [one, two], claims.fmt(gain))
+    if skip:
+        return skip
+    return claims.at_least(claim_id, sentence, gain, bound,
+                           fail=f"2 replicas answered {two.throughput:.0f} req/s against {one.throughput:.0f} for one "
+                                f"({gain:.2f}×); a second replica on its own core should add throughput")
+
+
+def claim_ray_costs_more_cpu(ray: ThroughputPoint, gunicorn: ThroughputPoint, *, bound: float = 1.2) -> claims.Claim:
+    """Ray Serve spends at least ``bound`` × gunicorn's CPU per request (the proxy and the RPC hop)."""
+    claim_id = "ch5.ray_costs_more_cpu"
+    sentence = f"Ray Serve spends ≥ {bound}× gunicorn's CPU per request on one box: the proxy and the extra hop."
+    ratio = ray.cpu_ms_per_request / gunicorn.cpu_ms_per_request
+    skip = _contended_skip(claim_id, sentence, [ray, gunicorn], claims.fmt(ratio))
+    if skip:
+        return skip
+    return claims.at_least(claim_id, sentence, ratio, bound,
+                           fail=f"Ray used {ray.cpu_ms_per_request:.1f} ms of CPU per request, gunicorn "
+                                f"{gunicorn.cpu_ms_per_request:.1f} ms ({ratio:.2f}×); the proxy's HTTP parsing and the "
+                                "actor call should cost Ray more")
+
+
+def claim_batching_lowers_cpu(batched: RatePoint, unbatched: RatePoint, *, bound: float = 0.85) -> claims.Claim:
+    """With ``@serve.batch`` the cluster spends at most ``bound`` × the unbatched CPU per request."""
+    claim_id = "ch5.batching_lowers_cpu"
+    sentence = f"@serve.batch cuts the cluster's CPU per request to ≤ {bound}× the unbatched deployment's."
+    ratio = cpu_ms_per_request(batched) / cpu_ms_per_request(unbatched)
+    skip = _contended_skip(claim_id, sentence, [batched, unbatched], claims.fmt(ratio))
+    if skip:
+        return skip
+    return claims.at_most(claim_id, sentence, ratio, bound,
+                          fail=f"batched {cpu_ms_per_request(batched):.1f} ms against unbatched "
+                               f"{cpu_ms_per_request(unbatched):.1f} ms of CPU per request ({ratio:.2f}×); one pass "
+                               "for many requests should cost less per request")
+
+
+def scaled_up_at(timeline: Timeline, high: Phase, *, top: int = 2) -> float | None:
+    """When ``top`` replicas first ran after the high phase began (None if never)."""
+    return first_time(timeline.samples, lambda s: s.get("RUNNING", 0) >= top, after_s=high.start_s)
+
+
+def scaled_down_at(timeline: Timeline, high: Phase, *, bottom: int = 1) -> float | None:
+    """When the deployment was back to ``bottom`` replicas after scaling up and after the high phase."""
+    up = scaled_up_at(timeline, high)
+    if up is None:
+        return None
+    return first_time(timeline.samples, lambda s: sum(s.values()) <= bottom, after_s=max(up, high.start_s + high.seconds))
+
+
+def claim_autoscaler_scaled_up(timeline: Timeline, high: Phase, *, top: int = 2, slack_s: float = 2.0) -> claims.Claim:
+    """The autoscaler had ``top`` replicas running before the high phase ended (plus ``slack_s``)."""
+    up = scaled_up_at(timeline, high, top=top)
+    end = high.start_s + high.seconds
+    return claims.condition(
+        "ch5.autoscaler_scaled_up", f"On the load step the autoscaler brought the deployment to {top} running replicas.",
+        up is not None and up <= end + slack_s, measured="never" if up is None else f"at {up:.1f} s",
+        bound=f"by {end + slack_s:.0f} s (the step ends at {end:.0f} s)",
+        fail=f"replicas over time: {[(round(t, 1), s) for t, s in timeline.samples[::4]]}; the autoscaler should "
+             f"have added a replica during the step")
+
+
+def claim_recovers_after_kill(outcome: FaultOutcome, *, slack: int = 2) -> claims.Claim:
+    """After a replica kill the deployment is back to full strength, and failures ≤ in-flight + ``slack``."""
+    ok = outcome.recovery_s is not None and outcome.failed <= outcome.in_flight + slack
+    return claims.condition(
+        "ch5.recovers_after_kill", "After a replica is killed, Serve restores full replicas; fewer requests fail "
+        "than were in flight, plus a small bound.", ok,
+        measured=f"{outcome.failed} failed, {outcome.in_flight} in flight, back after "
+                 + ("never" if outcome.recovery_s is None else f"{outcome.recovery_s:.1f} s"),
+        bound=f"recovered; failed ≤ in flight + {slack}",
+        fail=f"{outcome.failed} requests failed with {outcome.in_flight} in flight, recovery "
+             f"{outcome.recovery_s}; only requests on the killed replica should fail, and Serve should replace it")
+
+
+def claim_no_process_left(alive: Sequence[int]) -> claims.Claim:
+    """No process of the cluster outlives the notebook's stop."""
+    return claims.condition("ch5.no_ray_process_left", "No Ray process outlives the notebook.", not alive,
+                            measured=f"{len(alive)} alive", bound="0 alive",
+                            fail=f"Ray processes {list(alive)} still run after the cluster was stopped")
+
+
+# --------------------------------------------------------------------------- figures
+
+ROLE_COLORS = {"replica": plots.COLORS["processes"], "worker": plots.COLORS["processes"],
+               "proxy": plots.COLORS["adaptive"], "controller": plots.COLORS["rnn"],
+               "Ray system": plots.COLORS["throughput"], "master": plots.COLORS["throughput"]}  # fmt: skip
+
+
+def plot_throughput(points: Sequence[ThroughputPoint]):  # noqa: ANN201 - a matplotlib Figure
+    """Throughput (left) and CPU per request stacked by role (right) for each set-up."""
+    fig, (ax1, ax2) = plots.figure(ncols=2)
+    labels = [p.label.replace(", ", "\n") for p in points]
+    bars = ax1.bar(labels, [p.throughput for p in points], color=plots.COLORS["throughput"])
+    ax1.bar_label(bars, fmt="%.0f")
+    plots.label(ax1, "", "throughput (requests/s)", "Closed loop")
+    bottom = np.zeros(len(points))
+    for role in dict.fromkeys(r for p in points for r in p.cpu_ms_by_role):
+        values = np.array([p.cpu_ms_by_role.get(role, 0.0) for p in points])
+        ax2.bar(labels, values, bottom=bottom, color=ROLE_COLORS.get(role, "#999999"), label=role)
+        bottom += values
+    ax2.legend(fontsize=8)
+    plots.label(ax2, "", "CPU per request (ms)", "Where the CPU goes")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelsize=8)
+    return plots.caption(fig, f"Closed loop at {points[0].concurrency} connections ({points[0].tool}); CPU from the "
+                              "server's process tree during the run, per answered request. "
+                              + plots.contended_note(points))  # fmt: skip
+
+
+def plot_rate_sweeps(sweeps: Mapping[str, tuple[Sequence[RatePoint], float, str]], slo_ms: float):  # noqa: ANN201
+    """p99 against offered rate for each sweep (name → points, max rate within the SLO, colour)."""
+    fig, ax = plots.figure()
+    ceiling_ms = 5 * slo_ms
+    for name, (points, best, color) in sweeps.items():
+        pts = sorted(points, key=lambda p: p.rate)
+        plots.line_with_contended(ax, [p.rate for p in pts], [min(p.p99_s * 1e3, ceiling_ms) for p in pts],
+                                  [p.contended for p in pts], color=color, label=f"{name}: {best:.0f}/s within SLO")
+        ax.axvline(best, color=color, ls=":", lw=1.2)
+    ax.axhline(slo_ms, color=plots.COLORS["p99"], lw=1, label=f"objective: p99 ≤ {slo_ms:g} ms")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(PLAIN)
+    ax.yaxis.set_minor_formatter(PLAIN)
+    ax.set_ylim(top=ceiling_ms * 1.15)
+    ax.legend(fontsize=8)
+    plots.label(ax, "offered rate (requests/s, Poisson)", "p99 latency (ms, open loop)", "Batching in the engine")
+    all_points = [p for points, _, _ in sweeps.values() for p in points]
+    return plots.caption(fig, "Points on the top edge had a larger p99, or left requests unanswered. "
+                              + plots.contended_note(all_points))  # fmt: skip
+
+
+def plot_timeline(timeline: Timeline, title: str, *, replicas: Callable[[dict], int], window_s: float = 1.0):  # noqa: ANN201
+    """Offered load, replicas and p99 over time, with the run's events marked."""
+    fig, axes = plots.figure(nrows=3, sharex=True, figsize=(7.5, 6.0))
+    for phase in timeline.phases:
+        axes[0].plot([phase.start_s, phase.start_s + phase.seconds], [phase.rate] * 2, color=plots.COLORS["throughput"], lw=2)
+    plots.label(axes[0], "", "offered (req/s)", title)
+    times = [t for t, _ in timeline.samples]
+    axes[1].step(times, [replicas(s) for _, s in timeline.samples], where="post", color=plots.COLORS["processes"])
+    axes[1].set_ylim(0, max([replicas(s) for _, s in timeline.samples] + [2]) + 0.5)
+    axes[1].yaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].set_ylim(0, max(p.rate for p in timeline.phases) * 1.25)
+    plots.label(axes[1], "", "running replicas")
+    centres, p99s = timeline.p99_windows(window_s)
+    finite = np.where(np.isfinite(p99s), p99s * 1e3, np.nan)
+    axes[2].plot(centres, finite, "o-", color=plots.COLORS["p99"], ms=3)
+    axes[2].set_yscale("log")
+    axes[2].yaxis.set_major_formatter(PLAIN)
+    plots.label(axes[2], "time (s)", f"p99 per {window_s:g} s (ms)")
+    for name, t in timeline.events.items():
+        for ax in axes:
+            ax.axvline(t, color=plots.COLORS["predicted"], ls="--", lw=0.8)
+        axes[0].annotate(name, (t, axes[0].get_ylim()[1]), fontsize=8, va="top", ha="left")
+    return plots.caption(fig, f"Poisson arrivals; p99 of the requests sent in each {window_s:g} s window, latency "
+                              f"from the scheduled send. {timeline.sent} sent, {timeline.failed} failed.")  # fmt: skip

@@ -1,0 +1,55 @@
+"""Chapter 5's exercise checks: right answers pass, the usual mistakes get their specific hint."""
+
+from __future__ import annotations
+
+import pytest
+
+from servelab.exercises import ch5
+
+
+def test_cpu_bound_throughput(capsys):
+    assert ch5.check_cpu_bound_throughput(2 * 1000 / 25, cpu_ms_per_request=25, cores=2)
+    assert not ch5.check_cpu_bound_throughput(1000 / 25, cpu_ms_per_request=25, cores=2)
+    assert "one core" in capsys.readouterr().out
+    assert not ch5.check_cpu_bound_throughput(2 / 25, cpu_ms_per_request=25, cores=2)
+    assert "milliseconds" in capsys.readouterr().out
+    assert not ch5.check_cpu_bound_throughput(50, cpu_ms_per_request=25, cores=2)
+    assert "a time, not a rate" in capsys.readouterr().out
+    assert not ch5.check_cpu_bound_throughput(None, cpu_ms_per_request=25, cores=2)
+    assert "not answered" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (5, True, "is right"), (32, False, "never gives a replica more"), (1, False, "How many may it hold"),
+])  # fmt: skip
+def test_effective_batch(capsys, answer, ok, words):
+    assert ch5.check_effective_batch(answer, max_batch_size=32, max_ongoing_requests=5) is ok
+    assert words in capsys.readouterr().out
+
+
+def test_effective_batch_takes_the_smaller_limit(capsys):
+    assert ch5.check_effective_batch(8, max_batch_size=8, max_ongoing_requests=16)
+    assert not ch5.check_effective_batch(16, max_batch_size=8, max_ongoing_requests=16)
+    assert "smaller one wins" in capsys.readouterr().out
+
+
+def test_target_ongoing_range():
+    assert ch5.target_ongoing_range(100, 15) == (3, 6)
+    assert ch5.target_ongoing_range(10, 40) == (1, 1)  # never below one request
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (4, True, "works"), (3, True, "works"), (6, True, "works"), (10, False, "past the objective"),
+    (1, False, "Safe"), (0, False, "positive"),
+])  # fmt: skip
+def test_target_ongoing(capsys, answer, ok, words):
+    assert ch5.check_target_ongoing(answer, slo_ms=100, service_ms=15) is ok
+    assert words in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (5, True, "is right"), (0, False, "does not retry"), (1, False, "gunicorn sync worker"), (10, False, "Only the dead"),
+])  # fmt: skip
+def test_max_failed(capsys, answer, ok, words):
+    assert ch5.check_max_failed(answer, max_ongoing_requests=5) is ok
+    assert words in capsys.readouterr().out

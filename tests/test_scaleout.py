@@ -1,0 +1,120 @@
+"""Chapter 5's measurement helpers and claims: each claim holds on numbers that fit the text and breaks,
+with its plain-words message, on numbers that do not."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import psutil
+
+from servelab import claims, scaleout
+from servelab.rate_sweep import RatePoint
+from servelab.scaleout import FaultOutcome, Phase, ThroughputPoint, Timeline
+
+
+def point(label: str, rps: float, cpu: dict[str, float], *, contended: bool = False) -> ThroughputPoint:
+    return ThroughputPoint(label, 4, rps, 0.03, 0.06, cpu, 0, "wrk", 0.8 if contended else 0.0, contended)
+
+
+def rate_point(rate: float, server_cores: float, *, contended: bool = False) -> RatePoint:
+    return RatePoint(rate, 100, 100, 0, 0, 100, 0, rate, 0.02, 0.05, 0.001, 0.1, server_cores,
+                     0.9 if contended else 0.0, contended, 1)  # fmt: skip
+
+
+RAY_ONE = point("Ray, 1 replica", 60, {"replica": 17, "proxy": 5, "Ray system": 1})
+RAY_TWO = point("Ray, 2 replicas", 75, {"replica": 18, "proxy": 5, "Ray system": 1})
+GUNICORN = point("gunicorn, 2 workers", 145, {"worker": 13.5, "master": 0.1})
+
+
+def test_cpu_delta_by_role_counts_new_processes_whole():
+    before = {(1, 0.0): ("replica", 2.0), (2, 0.0): ("proxy", 1.0)}
+    after = {(1, 0.0): ("replica", 3.5), (2, 0.0): ("proxy", 1.25), (3, 5.0): ("replica", 0.5)}
+    assert scaleout.cpu_delta_by_role(before, after) == {"replica": 2.0, "proxy": 0.25}
+
+
+def test_cpu_by_process_reads_this_process():
+    snapshot = scaleout.cpu_by_process([psutil.Process()], lambda p: "me")
+    ((role, seconds),) = snapshot.values()
+    assert role == "me" and seconds > 0
+
+
+def test_cpu_per_request_sums_the_roles():
+    assert RAY_TWO.cpu_ms_per_request == 24
+    assert scaleout.cpu_ms_per_request(rate_point(100, 1.5)) == 15
+    assert math.isinf(scaleout.cpu_ms_per_request(rate_point(0, 1.5)))
+
+
+def test_timeline_in_flight_and_windows():
+    timeline = Timeline([Phase(0, 10, 2.0)], np.array([0.1, 0.5, 0.9, 1.5]), np.array([0.2, 1.0, math.inf, 0.1]), 1)
+    assert timeline.in_flight_at(1.0) == 2  # sent at 0.5 (answered at 1.5) and at 0.9 (never answered)
+    centres, p99s = timeline.p99_windows(1.0)
+    assert list(centres) == [0.5, 1.5] and math.isinf(p99s[0]) and p99s[1] == 0.1
+
+
+def test_first_time_and_fault_outcome():
+    samples = [(0.0, {"RUNNING": 2}), (2.5, {"RUNNING": 1}), (4.0, {"RUNNING": 2})]
+    assert scaleout.first_time(samples, lambda s: s["RUNNING"] == 2, after_s=1.0) == 4.0
+    timeline = Timeline([Phase(0, 10, 5)], np.array([1.9, 2.05]), np.array([0.5, 0.01]), 1, samples, {"kill": 2.0})
+    outcome = scaleout.fault_outcome("Ray", "kill", timeline, lambda s: s["RUNNING"] == 2, limit=5)
+    assert (outcome.in_flight, outcome.failed, outcome.recovery_s) == (1, 1, 2.0)
+
+
+def test_placement_claim():
+    assert scaleout.claim_replicas_on_both_nodes({11: "head", 12: "worker"}).held
+    failed = scaleout.claim_replicas_on_both_nodes({11: "head", 12: "head"})
+    assert failed.outcome == claims.FAILED and "must place them on both" in failed.message
+
+
+def test_two_replicas_claim_holds_breaks_and_skips():
+    assert scaleout.claim_two_replicas_beat_one(RAY_ONE, RAY_TWO, cores=2).held
+    flat = scaleout.claim_two_replicas_beat_one(RAY_ONE, point("Ray, 2", 61, RAY_TWO.cpu_ms_by_role), cores=2)
+    assert flat.outcome == claims.FAILED and "should add throughput" in flat.message
+    assert scaleout.claim_two_replicas_beat_one(RAY_ONE, RAY_TWO, cores=1).skip_kind == "one core"
+    busy = scaleout.claim_two_replicas_beat_one(RAY_ONE, point("Ray, 2", 61, {}, contended=True), cores=2)
+    assert busy.skip_kind == "contended"
+
+
+def test_ray_cpu_claim():
+    assert scaleout.claim_ray_costs_more_cpu(RAY_TWO, GUNICORN).held
+    cheap = scaleout.claim_ray_costs_more_cpu(point("Ray", 75, {"replica": 13}), GUNICORN)
+    assert cheap.outcome == claims.FAILED and "should cost Ray more" in cheap.message
+
+
+def test_batching_cpu_claim():
+    unbatched, batched = rate_point(60, 1.5), rate_point(150, 1.4)
+    assert scaleout.claim_batching_lowers_cpu(batched, unbatched).held
+    same = scaleout.claim_batching_lowers_cpu(rate_point(60, 1.5), unbatched)
+    assert same.outcome == claims.FAILED and "should cost less per request" in same.message
+    assert scaleout.claim_batching_lowers_cpu(rate_point(150, 1.4, contended=True), unbatched).skip_kind == "contended"
+
+
+def step_timeline(counts: list[tuple[float, dict]]) -> Timeline:
+    return Timeline([Phase(0, 5, 3), Phase(3, 30, 10), Phase(13, 5, 9)], np.empty(0), np.empty(0), 0, counts)
+
+
+def test_autoscaler_claim_and_times():
+    high = Phase(3, 30, 10)
+    good = step_timeline([(0, {"RUNNING": 1}), (6, {"RUNNING": 1, "STARTING": 1}), (8, {"RUNNING": 2}),
+                          (15, {"RUNNING": 1, "STOPPING": 1}), (17, {"RUNNING": 1})])
+    assert scaleout.claim_autoscaler_scaled_up(good, high).held
+    assert (scaleout.scaled_up_at(good, high), scaleout.scaled_down_at(good, high)) == (8, 17)
+    never_up = step_timeline([(0, {"RUNNING": 1}), (20, {"RUNNING": 1})])
+    assert "should have added a replica" in scaleout.claim_autoscaler_scaled_up(never_up, high).message
+    assert scaleout.scaled_down_at(never_up, high) is None
+    late_up = step_timeline([(0, {"RUNNING": 1}), (14, {"RUNNING": 1}), (18, {"RUNNING": 2}), (21, {"RUNNING": 2})])
+    assert scaleout.claim_autoscaler_scaled_up(late_up, high).outcome == claims.FAILED
+    assert scaleout.scaled_down_at(late_up, high) is None  # the scale-down must follow the scale-up
+
+
+def test_recovery_claim():
+    assert scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 3, 4, 3.5, 5)).held
+    too_many = scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 9, 4, 3.5, 5))
+    assert too_many.outcome == claims.FAILED and "only requests on the killed replica" in too_many.message
+    never = scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 2, 4, None, 5))
+    assert never.outcome == claims.FAILED
+
+
+def test_no_process_left_claim():
+    assert scaleout.claim_no_process_left([]).held
+    assert "still run" in scaleout.claim_no_process_left([123]).message
