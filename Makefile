@@ -1,6 +1,7 @@
 # Two commands on a fresh machine:
 #   make book   build the executed website into _build/html
 #   make test   unit tests, nbval on every chapter, and the website check
+# For teachers: make student (student edition) and make assignment (nbgrader course).
 # Both create (or reuse) .venv and install requirements.txt into it.
 
 PYTHON ?= python3
@@ -16,7 +17,7 @@ export TRANSFORMERS_OFFLINE := 1
 unexport MPLBACKEND
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: venv book test unit notebooks website lab student clean robustness
+.PHONY: venv book test unit notebooks website lab student assignment clean robustness
 
 venv: $(STAMP)
 
@@ -56,6 +57,11 @@ robustness: $(STAMP)
 
 student: $(STAMP)
 	$(BIN)/python -m servelab.student chapters _build/student
+
+# Teachers: an nbgrader course in _build/nbgrader, one released assignment per chapter with exercises
+# (servelab.grading; the book's page "For teachers").
+assignment: $(STAMP)
+	$(BIN)/python -m servelab.grading course chapters _build/nbgrader
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters
