@@ -64,6 +64,7 @@ class Exercise:
 
 
 def tags(cell: nbformat.NotebookNode) -> set[str]:
+    """The cell's tags."""
     return set(cell.get("metadata", {}).get("tags", []))
 
 
@@ -112,6 +113,22 @@ def cell_metadata(grade_id: str, *, solution: bool, grade: bool, points: float =
     return meta
 
 
+def numbered(role: str, k: int, count: int) -> str:
+    """``check`` for an exercise's only check cell; ``check1``, ``check2``, ... when it has several."""
+    return f"{role}{k + 1}" if count > 1 else role
+
+
+def exercise_cells(exercise: Exercise) -> list[tuple[int, str, dict]]:
+    """(cell index, role, nbgrader kind) for every cell of ``exercise`` that nbgrader tracks."""
+    kinds = {"given": dict(solution=False, grade=False), "answer": dict(solution=True, grade=False),
+             "check": dict(solution=False, grade=True, points=POINTS_PER_CHECK),
+             "written": dict(solution=True, grade=True, points=POINTS_PER_WRITTEN_ANSWER)}
+    cells_by_role = {"given": exercise.given, "answer": [exercise.answer], "check": exercise.checks,
+                     "written": exercise.written}
+    return [(index, numbered(role, k, len(indices)), kinds[role])
+            for role, indices in cells_by_role.items() for k, index in enumerate(indices)]
+
+
 def annotate(notebook: nbformat.NotebookNode, assignment: str) -> nbformat.NotebookNode:
     """A copy of ``notebook`` with nbgrader metadata on every exercise's cells (ids start with ``assignment``).
 
@@ -121,17 +138,9 @@ def annotate(notebook: nbformat.NotebookNode, assignment: str) -> nbformat.Noteb
     for cell in annotated.cells:
         cell.metadata.pop("nbgrader", None)
     for exercise in find_exercises(annotated):
-        prefix = f"{assignment}-ex{exercise.number}"
-        roles = [(i, f"given{k + 1}" if len(exercise.given) > 1 else "given", dict(solution=False, grade=False))
-                 for k, i in enumerate(exercise.given)]
-        roles += [(exercise.answer, "answer", dict(solution=True, grade=False))]
-        roles += [(i, f"check{k + 1}" if len(exercise.checks) > 1 else "check",
-                   dict(solution=False, grade=True, points=POINTS_PER_CHECK)) for k, i in enumerate(exercise.checks)]
-        roles += [(i, f"written{k + 1}" if len(exercise.written) > 1 else "written",
-                   dict(solution=True, grade=True, points=POINTS_PER_WRITTEN_ANSWER))
-                  for k, i in enumerate(exercise.written)]
-        for index, role, kinds in roles:
-            annotated.cells[index].metadata["nbgrader"] = cell_metadata(f"{prefix}-{role}", **kinds)
+        for index, role, kind in exercise_cells(exercise):
+            grade_id = f"{assignment}-ex{exercise.number}-{role}"
+            annotated.cells[index].metadata["nbgrader"] = cell_metadata(grade_id, **kind)
     return annotated
 
 
