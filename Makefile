@@ -2,6 +2,7 @@
 #   make book   build the executed website into _build/html
 #   make test   unit tests, nbval on every chapter, and the website check
 # Both first run scripts/setup: .venv with requirements.txt, and the Debian tools where it can.
+# For teachers: make student (student edition) and make assignment (nbgrader course).
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +16,7 @@ export TRANSFORMERS_OFFLINE := 1
 unexport MPLBACKEND
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: setup venv book test unit notebooks website lab student clean robustness
+.PHONY: setup venv book test unit notebooks website lab student assignment clean robustness
 
 # scripts/setup installs what is missing: .venv with requirements.txt, and on Debian/Ubuntu (as
 # root or with passwordless sudo) the system tools. It prints one line for each tool it could not
@@ -53,6 +54,11 @@ robustness: setup
 
 student: setup
 	$(BIN)/python -m servelab.student chapters _build/student
+
+# Teachers: an nbgrader course in _build/nbgrader, one released assignment per chapter with exercises
+# (servelab.grading; the book's page "For teachers").
+assignment: setup
+	$(BIN)/python -m servelab.grading course chapters _build/nbgrader
 
 lab: setup
 	$(BIN)/jupyter lab chapters

@@ -85,3 +85,24 @@ def test_command_line_entry_point(tmp_path, capsys):
 def test_empty_source_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         student.write_student_edition(tmp_path, tmp_path / "out")
+
+
+def test_a_solution_region_is_replaced_and_the_placeholder_kept():
+    nb = _exercise_notebook()
+    nb.cells[2].source = "answer = None  # your answer\n### BEGIN SOLUTION\nanswer = 42\n### END SOLUTION"
+    cell = student.student_notebook(nb).cells[2]
+    assert cell.source == f"answer = None  # your answer\n{student.PLACEHOLDER}"
+    assert not student.is_solution(cell) and cell.outputs == []
+
+
+def test_without_markers_is_the_worked_answer():
+    source = "answer = None\n    ### BEGIN SOLUTION\n    answer = 42\n    ### END SOLUTION\nprint(answer)"
+    assert student.without_markers(source) == "answer = None\n    answer = 42\nprint(answer)"
+    assert student.without_solution(source) == f"answer = None\n    {student.PLACEHOLDER}\nprint(answer)"
+
+
+def test_a_written_solution_becomes_an_empty_written_answer():
+    nb = _exercise_notebook()
+    nb.cells[2] = nbformat.v4.new_markdown_cell("Because.", metadata={"tags": ["solution", "hide-cell"]})
+    cell = student.student_notebook(nb).cells[2]
+    assert cell.cell_type == "markdown" and cell.source == student.WRITTEN_PLACEHOLDER

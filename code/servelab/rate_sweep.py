@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from servelab import claims, contention, load, plots
+from servelab.progress import progress
 from servelab.servers import Server
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -179,7 +180,7 @@ def sweep(
     ``report(point)`` is called after each point (e.g. to print it).
     """
     points = []
-    for rate in sorted(rates):
+    for rate in progress(sorted(rates), desc=f"rate sweep on {server.name}", unit="rate"):
         point = measure_rate(server, rate, **measure_kwargs)
         points.append(point)
         if report:

@@ -18,6 +18,7 @@ import numpy as np
 
 from servelab import claims, contention, microbench, plots, stats
 from servelab.apps.mlp import build_mlp, mlp_flops, mlp_weight_bytes
+from servelab.progress import progress
 
 
 @dataclass(frozen=True)
@@ -74,18 +75,18 @@ def measure_forward_costs(
     previous = torch.get_num_threads()
     points = []
     try:
-        for n_threads in threads:
+        grid = [(n_threads, batch) for n_threads in threads for batch in batch_sizes]
+        for n_threads, batch in progress(grid, desc="forward-pass costs", unit="batch size"):
             torch.set_num_threads(n_threads)
-            for batch in batch_sizes:
-                x = torch.randn(batch, width)
+            x = torch.randn(batch, width)
 
-                def forward() -> float:
-                    with torch.inference_mode():
-                        return stats.time_call(lambda: model(x), repeats=repeats, max_seconds=max_seconds).median
+            def forward() -> float:
+                with torch.inference_mode():
+                    return stats.time_call(lambda: model(x), repeats=repeats, max_seconds=max_seconds).median
 
-                m = contention.measure_uncontended(forward, retries=2, pause=0.2)
-                points.append(ForwardCost(batch, n_threads, m.value, mlp_flops(batch, width, depth),
-                                          mlp_weight_bytes(width, depth), m.outside_cores, m.contended))  # fmt: skip
+            m = contention.measure_uncontended(forward, retries=2, pause=0.2)
+            points.append(ForwardCost(batch, n_threads, m.value, mlp_flops(batch, width, depth),
+                                      mlp_weight_bytes(width, depth), m.outside_cores, m.contended))  # fmt: skip
     finally:
         torch.set_num_threads(previous)
     return points

@@ -1,8 +1,12 @@
 """Write the student edition of the book's notebooks: solutions removed, outputs cleared.
 
 Run ``python -m servelab.student chapters _build/student`` (or ``make student``).
-Every code cell tagged ``solution`` becomes an empty answer cell; exercise prompts,
-check calls and everything else stay. Taught in: intro.md (using the book in a classroom).
+A code cell tagged ``solution`` loses its solution region (the lines between
+``### BEGIN SOLUTION`` and ``### END SOLUTION``, nbgrader's markers), and keeps the
+rest, e.g. the ``answer = None`` placeholder; a solution cell without a region becomes
+an empty answer cell, a Markdown one an empty written answer. Exercise prompts, check
+calls and everything else stay. nbgrader's ``generate_assignment`` reads the same tags
+and markers (servelab.grading). Taught in: intro.md and teachers.md (the book in a classroom).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ import nbformat
 
 SOLUTION_TAG = "solution"
 PLACEHOLDER = "# Your solution here"
+WRITTEN_PLACEHOLDER = "*Your answer here.*"
+#: nbgrader's solution delimiters, each alone on its line.
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 # A relative link out of the chapters folder, e.g. ../images/gil.png in a figure directive.
 _PARENT_LINK = re.compile(r"(?<![\w/.])\.\./([\w.-]+(?:/[\w.-]+)*)")
 
@@ -31,6 +38,41 @@ def blank_answer_cell() -> nbformat.NotebookNode:
     return nbformat.v4.new_code_cell(PLACEHOLDER)
 
 
+def has_solution_region(source: str) -> bool:
+    """Whether ``source`` holds a ``### BEGIN SOLUTION`` ... ``### END SOLUTION`` region."""
+    lines = [line.strip() for line in source.splitlines()]
+    return BEGIN_SOLUTION in lines and END_SOLUTION in lines
+
+
+def without_solution(source: str, stub: str = PLACEHOLDER) -> str:
+    """``source`` with each solution region replaced by ``stub`` (indented like its marker)."""
+    kept, inside = [], False
+    for line in source.splitlines():
+        marker = line.strip()
+        if marker == BEGIN_SOLUTION:
+            inside = True
+            kept.append(line[: len(line) - len(line.lstrip())] + stub)
+        elif marker == END_SOLUTION:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    return "\n".join(kept)
+
+
+def without_markers(source: str) -> str:
+    """``source`` with the solution markers removed and the solution kept: the worked answer."""
+    return "\n".join(line for line in source.splitlines() if line.strip() not in (BEGIN_SOLUTION, END_SOLUTION))
+
+
+def student_answer_cell(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The learner's cell for a ``solution`` cell: its region replaced, or a blank answer cell."""
+    if solution.cell_type == "markdown":
+        return nbformat.v4.new_markdown_cell(WRITTEN_PLACEHOLDER)
+    if has_solution_region(solution.source):
+        return nbformat.v4.new_code_cell(without_solution(solution.source))
+    return blank_answer_cell()
+
+
 def clear_outputs(cell: nbformat.NotebookNode) -> None:
     """Remove a code cell's outputs and execution count, in place."""
     if cell.cell_type == "code":
@@ -39,12 +81,12 @@ def clear_outputs(cell: nbformat.NotebookNode) -> None:
 
 
 def student_notebook(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """A copy of ``notebook`` with solutions replaced by blank answer cells and outputs cleared."""
+    """A copy of ``notebook`` with solutions replaced by answer cells (:func:`student_answer_cell`), outputs cleared."""
     student = nbformat.from_dict(notebook)  # deep copy: leave the teacher's notebook alone
     cells = []
     for cell in student.cells:
         if is_solution(cell):
-            cells.append(blank_answer_cell())
+            cells.append(student_answer_cell(cell))
             continue
         clear_outputs(cell)
         cells.append(cell)

@@ -18,6 +18,7 @@ import torch
 from torch import fx, nn
 
 from servelab.models import UnrolledLSTM, tokens
+from servelab.progress import progress
 
 
 _CALLS = ("call_function", "call_module", "call_method")
@@ -104,11 +105,11 @@ class DepthPoint:
 
 def depth_sweep(tracers: dict[str, Callable[[int], fx.Graph]], lengths: dict[str, Sequence[int]]) -> list[DepthPoint]:
     """Trace every model at each of its lengths and count ops and depth."""
+    runs = [(name, trace, length) for name, trace in tracers.items() for length in lengths[name]]
     points = []
-    for name, trace in tracers.items():
-        for length in lengths[name]:
-            g = graph_stats(trace(length))
-            points.append(DepthPoint(name, length, g.ops, g.depth))
+    for name, trace, length in progress(runs, desc="tracing", unit="graph"):
+        g = graph_stats(trace(length))
+        points.append(DepthPoint(name, length, g.ops, g.depth))
     return points
 
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from servelab import contention, hardware
 from servelab.models import tokens
+from servelab.progress import progress
 
 
 @contextlib.contextmanager
@@ -105,14 +106,14 @@ def latency_sweep(
     """
     threads = list(threads or thread_counts())
     points = []
-    for T in lengths:
+    runs = [(T, name, model) for T in lengths for name, model in models.items()]
+    for T, name, model in progress(runs, desc="latency sweep", unit="model × length"):
         x = tokens(T)
-        for name, model in models.items():
-            with torch.inference_mode():
-                model(x)
-            m = contention.measure_uncontended(  # two retries: enough for a burst, bounded if the load stays
-                lambda: block_medians(model, x, threads, repeats=repeats, max_seconds=max_seconds), retries=2)
-            points += [LatencyPoint(name, T, n, m.value[n], m.outside_cores, m.contended) for n in threads]
+        with torch.inference_mode():
+            model(x)
+        m = contention.measure_uncontended(  # two retries: enough for a burst, bounded if the load stays
+            lambda: block_medians(model, x, threads, repeats=repeats, max_seconds=max_seconds), retries=2)
+        points += [LatencyPoint(name, T, n, m.value[n], m.outside_cores, m.contended) for n in threads]
     return points
 
 
