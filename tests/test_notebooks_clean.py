@@ -86,3 +86,13 @@ def test_solutions_are_collapsed(chapter):
     path, nb = chapter
     bare = [i for i, c in enumerate(nb.cells) if "solution" in tags(c) and not tags(c) & COLLAPSED_TAGS]
     assert not bare, f"{path.name}: solution cells {bare} must also be tagged 'hide-cell' (collapsed on the website)"
+
+
+MAX_CELL_LINES = 25  # the website shows every code cell: longer logic belongs in servelab
+
+
+def test_code_cells_are_short(chapter):
+    path, nb = chapter
+    long = [(i, len(c.source.splitlines())) for i, c in enumerate(nb.cells)
+            if c.cell_type == "code" and not tags(c) & HIDDEN_CHECK_TAGS and len(c.source.splitlines()) > MAX_CELL_LINES]
+    assert not long, f"{path.name}: code cells (index, lines) {long} are over {MAX_CELL_LINES} lines; move the logic into servelab"

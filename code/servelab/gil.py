@@ -30,7 +30,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
-from servelab import contention, load, memory, servers, stats
+from servelab import contention, load, memory, plots, servers, stats
 
 MiB = memory.MiB
 T = TypeVar("T")
@@ -508,6 +508,112 @@ def grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float]
         ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=8, padding=2)
     ax.set_xticks(range(len(groups)), groups)
     ax.margins(y=0.15)
+
+
+# --------------------------------------------------------------------------- figures (chapter 2)
+
+
+def setup_color(kind: str) -> str:
+    """The house colour of a standard set-up ("single" shares the neutral colour)."""
+    return plots.COLORS["throughput" if kind == "single" else kind]
+
+
+def plot_memory(results: Mapping[str, SetupResult], weights_mib: float) -> "plots.Figure":
+    """Summed RSS, PSS and USS of each set-up's whole server tree, against one copy of the weights."""
+    fig, ax = plots.figure()
+    kinds = {"summed RSS": ("rss", 0.35, "//"), "PSS": ("pss", 1.0, None), "USS": ("uss", 0.65, None)}
+    colors = [setup_color(k) for k in results]
+    for i, (name, (kind, alpha, hatch)) in enumerate(kinds.items()):
+        bars = ax.bar([x + (i - 1) * 0.26 for x in range(len(results))], [r.memory.total_mib(kind) for r in results.values()],
+                      0.26, color=colors, alpha=alpha, hatch=hatch, edgecolor="white", label=name)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7.5, padding=2)
+    ax.axhline(weights_mib, ls=":", color=plots.COLORS["predicted"], lw=1)
+    ax.text(len(results) - 0.5, weights_mib, "one copy of the weights", ha="right", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(results)), [r.setup.label.replace(", ", ",\n") for r in results.values()])
+    ax.legend(loc="upper left")
+    plots.label(ax, "set-up", "memory of the whole server tree (MiB)", "RSS, PSS and USS, summed over the tree's processes")
+    plots.caption(fig, "Bars left to right: summed RSS (hatched), PSS (solid), USS (light). Read after a burst "
+                       "of requests, with no other server running; the tree includes gunicorn's master.")
+    return fig
+
+
+def plot_predict(results: Mapping[str, SetupResult], levels: Sequence[int], note: str) -> "plots.Figure":
+    """Throughput and p99 of POST /predict against concurrency, one line per set-up."""
+    fig, (left, right) = plots.figure(ncols=2)
+    for kind, r in results.items():
+        points = [r.point("/predict", c) for c in levels]
+        busy = [p.contended for p in points]
+        plots.line_with_contended(left, levels, [p.throughput for p in points], busy, color=setup_color(kind),
+                                  label=r.setup.label)
+        plots.line_with_contended(right, levels, [1e3 * p.p99 for p in points], busy, color=setup_color(kind))
+    for ax in (left, right):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(levels, [str(c) for c in levels])
+        ax.set_ylim(bottom=0)
+    left.legend(fontsize=8)
+    plots.label(left, "requests in flight (concurrency)", "throughput (requests/s)", "Throughput")
+    plots.label(right, "requests in flight (concurrency)", "p99 latency (ms)", "Tail latency")
+    every = [r.point("/predict", c) for r in results.values() for c in levels]
+    plots.caption(fig, " ".join(filter(None, [note, plots.contended_note(every)])))
+    return fig
+
+
+def plot_oversubscription(one: LoadPoint, default: LoadPoint, workers: int, cores: int, rows: int) -> "plots.Figure":
+    """CPU per request, throughput and p50 with 1 torch thread per worker against torch's default."""
+    fig, axes = plots.figure(ncols=3)
+    names = ["torch: 1 thread\nper worker", f"torch default:\n{cores} per worker"]
+    panels = [("CPU spent per request", "server CPU per request (ms)", [p.cpu_ms_per_request for p in (one, default)]),
+              ("Throughput", "throughput (requests/s)", [p.throughput for p in (one, default)]),
+              ("Median latency", "p50 latency (ms)", [1e3 * p.p50 for p in (one, default)])]
+    for ax, (title, unit, values) in zip(axes, panels):
+        ax.bar_label(ax.bar(names, values, color=[plots.COLORS["preload"], plots.COLORS["processes"]]), fmt="%.0f")
+        ax.margins(y=0.15)
+        plots.label(ax, "", unit, title)
+    plots.caption(fig, f"{workers} preloaded gunicorn workers, 256 MiB MLP, {rows} rows per request, "
+                       f"{workers} requests in flight. " + plots.contended_note([one, default]))
+    return fig
+
+
+def plot_proxy_hop(via: Mapping[str, LoadPoint]) -> "plots.Figure":
+    """Median latency of GET /health directly and through nginx."""
+    fig, ax = plots.figure()
+    bars = ax.bar(list(via), [1e3 * p.p50 for p in via.values()], color=[plots.COLORS["threads"], plots.COLORS["throughput"]])
+    ax.bar_label(bars, fmt="%.3f")
+    plots.label(ax, "", "median latency of GET /health (ms)", "The cost of one proxy hop")
+    plots.caption(fig, "Concurrency 1; 3 interleaved runs per route, latencies pooled; nginx with 1 worker and "
+                       "keep-alive connections to gunicorn. " + plots.contended_note(list(via.values())))
+    return fig
+
+
+def describe_proxy_hop(via: Mapping[str, LoadPoint], inference_ms: float) -> str:
+    """The sentence that reads the proxy hop's cost, from the numbers."""
+    direct, proxied = via["direct"].p50, via["through nginx"].p50
+    added_ms = 1e3 * (proxied - direct)
+    return (f"nginx added {1e3 * added_ms:.0f} µs to the median request ({1e3 * direct:.2f} ms direct, "
+            f"{1e3 * proxied:.2f} ms through nginx), {100 * added_ms / inference_ms:.1f}% of the "
+            f"{inference_ms:.1f} ms a prediction takes")
+
+
+def amdahl_bound(share: float, workers: int) -> float:
+    """The most threads can reach of processes' throughput when ``share`` of a handler holds the GIL."""
+    return min(1.0, 1 / (workers * share)) if share else 1.0
+
+
+def plot_python_share(shares: Sequence[float], measured: Sequence[float], workers: int, torch_ms: float) -> "plots.Figure":
+    """Threads ÷ processes throughput against the handler's Python share, with Amdahl's bound."""
+    fig, ax = plots.figure()
+    fine = [0.0] + [i / 100 for i in range(1, 101)]
+    ax.plot(fine, [amdahl_bound(s, workers) for s in fine], "--", color=plots.COLORS["predicted"],
+            label=f"bound: min(1, 1 / ({workers} · share))")
+    ax.plot(shares, measured, "o", ms=8, color=plots.COLORS["threads"],
+            label=f"measured: 1 process × {workers} threads ÷ {workers} processes")
+    ax.set_ylim(0, 1.25)
+    ax.legend(fontsize=8, loc="lower left")
+    plots.label(ax, "share of the handler's time spent in Python (holding the GIL)", "throughput ratio, threads ÷ processes",
+                "Threads scale until the Python part saturates one core")
+    plots.caption(fig, f"Concurrency {workers}; share 0 = /predict, 1 = /pyloop; the middle points add pure-Python "
+                       f"work to /predict (torch part {torch_ms:.1f} ms).")
+    return fig
 
 
 # --------------------------------------------------------------------------- claims (chapter 2's check cell)
