@@ -180,7 +180,7 @@ def sweep(
     ``report(point)`` is called after each point (e.g. to print it).
     """
     points = []
-    for rate in progress(sorted(rates), desc=f"rate sweep on {server.name}", unit="rate"):
+    for rate in progress(sorted(rates), desc=f"rate sweep on {server.url}", unit="rate"):
         point = measure_rate(server, rate, **measure_kwargs)
         points.append(point)
         if report:

@@ -72,7 +72,7 @@ from servelab.dag.cost_model import (  # noqa: F401
 from servelab.dag.checks import (  # noqa: F401
     claim_loop_depth_linear,
     claim_bert_depth_constant,
-    linearity_error,
+    step_costs,
     claim_loop_latency_linear,
     claim_bert_gains_from_cores,
     claim_bert_gain_grows,
