@@ -106,9 +106,10 @@ def latency_sweep(
     """
     threads = list(threads or thread_counts())
     points = []
+    inputs = {T: tokens(T) for T in lengths}  # one input per length, the same for every model
     runs = [(T, name, model) for T in lengths for name, model in models.items()]
     for T, name, model in progress(runs, desc="latency sweep", unit="model × length"):
-        x = tokens(T)
+        x = inputs[T]
         with torch.inference_mode():
             model(x)
         m = contention.measure_uncontended(  # two retries: enough for a burst, bounded if the load stays
