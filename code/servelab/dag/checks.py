@@ -53,12 +53,15 @@ def _busy(points: Sequence[LatencyPoint]) -> float | None:
 
 
 def claim_loop_latency_linear(points: Sequence[LatencyPoint], threads: int, *, model: str = "unrolled",
-                              spread: float = 1.5) -> claims.Claim:
-    """The loop's latency grows linearly in T: every extra token costs the same, at short and long inputs.
+                              spread: float = 2.0) -> claims.Claim:
+    """The loop's latency grows linearly in T: every extra token costs about the same, at short and long inputs.
 
     Judged on the segments between measured lengths, not on one line through all points: a line fitted
-    in seconds is dominated by the longest input and misses the shortest in relative terms. Outside
-    load only makes the segments uneven, so a failure while it was high is recorded as a skip.
+    in seconds is dominated by the longest input and misses the shortest in relative terms. The bound
+    is 2×, not 1.0×: points are measured seconds apart and this VM's speed drifts (a quiet run had
+    segments 141, 152 and 90 µs/token), while anything superlinear, like attention's T², makes each
+    4× longer segment cost 4× more per token. Outside load only makes the segments uneven, so a
+    failure while it was high is recorded as a skip.
     """
     claim_id = f"ch3.loop_latency_linear_{threads}t"
     sentence = f"With {threads} thread(s) each extra token costs the LSTMCell loop the same time: a chain of T equal steps."
@@ -123,15 +126,16 @@ def claim_bert_gain_grows(points: Sequence[LatencyPoint], lengths: Sequence[int]
 
 
 def claim_loop_gain_flat(points: Sequence[LatencyPoint], lengths: Sequence[int], cores: int, *,
-                         band: float = 1.2) -> claims.Claim:
+                         bound: float = 1.2) -> claims.Claim:
     """The loop's gain from more cores does not grow with T: each step may split, the chain cannot.
 
-    ``lengths`` are compared from the second one on: at the shortest input the embedding and the
-    head, not the chain, are a large part of the time.
+    What depth predicts is one-sided: a longer chain gives more cores nothing more to share, so the
+    gain at the longest input is at most ``bound`` × the gain at the second length (at the shortest
+    the embedding and the head, not the chain, are a large part of the time). It may shrink.
     """
     middle, long = lengths[1], lengths[-1]
     claim_id = "ch3.loop_gain_flat"
-    sentence = (f"The LSTMCell loop's gain from more cores is the same at T = {middle} and {long}: "
+    sentence = (f"The LSTMCell loop's gain from more cores does not grow from T = {middle} to {long}: "
                 "extra cores can shorten each step, never the chain of T steps.")
     skip = _multicore_skip(claim_id, sentence, _pts(points, ["unrolled"], [middle, long], cores), cores)
     if skip:
@@ -139,10 +143,10 @@ def claim_loop_gain_flat(points: Sequence[LatencyPoint], lengths: Sequence[int],
     first, last = speedup(points, "unrolled", middle, cores), speedup(points, "unrolled", long, cores)
     growth = last / first
     return claims.condition(
-        claim_id, sentence, 1 / band <= growth <= band, measured=f"{first:.2f}× → {last:.2f}× ({growth:.2f}×)",
-        bound=f"growth within {1 / band:.2f}–{band:.2f}×",
+        claim_id, sentence, growth <= bound, measured=f"{first:.2f}× → {last:.2f}× ({growth:.2f}×)",
+        bound=f"growth ≤ {bound:.2f}×",
         fail=f"the loop's speedup from {cores} cores went from {first:.2f}× at T={middle} to {last:.2f}× at "
-             f"T={long}; a chain of equal steps should gain the same at every length")
+             f"T={long}; a chain of equal steps cannot gain more from more cores at a longer input")
 
 
 def claim_fused_beats_bert(points: Sequence[LatencyPoint]) -> claims.Claim:
