@@ -58,6 +58,7 @@ from servelab.dag.cost_model import (  # noqa: F401
     recurrent_step_seconds,
     ModelCosts,
     measure_overhead_per_token,
+    measure_step_seconds,
     model_costs,
     Machine,
     layer_flops_per_second,

@@ -142,7 +142,7 @@ class ModelCosts:
     shape: Shape
     ops_fixed: float  # eager ops per call ...
     ops_per_token: float  # ... and per input token
-    overhead_per_token_s: float  # running one token's ops with tiny tensors (a width-16 twin, 1 thread)
+    overhead_per_token_s: float  # one token's step beyond its weight stream (measured at T <= 9, 1 thread)
     bytes_once: int  # weights read once per call
     bytes_per_token: int  # weights read again for every token (an RNN's step)
     stream_once_s: dict[int, float]  # measured time to stream bytes_once, by thread count
@@ -192,6 +192,20 @@ def measure_overhead_per_token(name: str, layers: int, *, tries: int = 10) -> fl
     return max(0.0, (long - short) / 8)
 
 
+def measure_step_seconds(model: nn.Module, *, tries: int = 10) -> float:
+    """Seconds each token past the first adds to ``model`` itself, on one thread (from T = 1 and T = 9).
+
+    For a loop this is everything one step does: its ops, its weight stream, and
+    what neither micro-benchmark sees (gate arithmetic on full-width tensors,
+    allocation, weights pushed out of cache by the activations). Only the first
+    nine tokens are timed, so the latency sweep (T = 16 and up) still tests the model.
+    """
+    with torch_threads(1), torch.inference_mode():
+        short = fastest_seconds(lambda: model(tokens(1)), tries=tries)
+        long = fastest_seconds(lambda: model(tokens(9)), tries=tries)
+    return max(0.0, (long - short) / 8)
+
+
 def _step_seconds(costs: ModelCosts, stream_s: float, *, split_over: int = 1, launch_s: float | None = None) -> float:
     """Seconds each extra token adds, besides matmul FLOPs."""
     overhead = costs.overhead_per_token_s
@@ -218,8 +232,14 @@ def model_costs(name: str, model: nn.Module, machine: "Machine", threads: Sequen
     x = tokens(2)
     inf = {n: math.inf for n in threads}
     once, per_token, at_two, overhead, contended = dict(inf), dict(inf), dict(inf), math.inf, False
+    if contention.persistent_load():  # see block_medians: more rounds only add time
+        rounds = 1
+    per_op_steps = name != "fused" and two > one  # a Python loop: one set of eager ops per token
+    step = math.inf
     for _ in range(rounds):
         overhead = min(overhead, measure_overhead_per_token(name, model.shape.layers))
+        if per_op_steps:
+            step = min(step, measure_step_seconds(model))
         for n in threads:
             once[n] = min(once[n], weight_pass_seconds(weights["matmul"], n, rows=2) +
                           weight_pass_seconds(weights["vector"], n))
@@ -228,6 +248,8 @@ def model_costs(name: str, model: nn.Module, machine: "Machine", threads: Sequen
         m = contention.measure_uncontended(lambda: block_medians(model, x, threads, rounds=1, repeats=10), retries=2)
         at_two = {n: min(at_two[n], m.value[n]) for n in threads}
         contended = contended or m.contended
+    if per_op_steps:  # what a step costs beyond its weight stream, and at least the width-16 twin's ops
+        overhead = max(overhead, step - per_token[1])
     partial = ModelCosts(
         name=name, shape=model.shape, ops_fixed=2 * one - two, ops_per_token=two - one,
         overhead_per_token_s=overhead, bytes_once=_nbytes(weights["matmul"] + weights["vector"]),

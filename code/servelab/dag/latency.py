@@ -79,6 +79,8 @@ def block_medians(model: nn.Module, x: torch.Tensor, threads: Sequence[int], *, 
     a virtual machine; so each count keeps the faster of its block medians.
     """
     best: dict[int, float] = {}
+    if contention.persistent_load():  # a neighbour that stays spoils every round alike: one is enough
+        rounds = 1
     for _ in range(rounds):
         for n in threads:
             with torch_threads(n):
