@@ -150,6 +150,8 @@ def test_load_point_pools_runs():
     point = load.pooled_point(runs, label="x")
     assert point.throughput == 75.0 and point.completed == 150
     assert point.server_cores == 0.75 and point.outside_cores == 0.3 and point.contended
+    starved = load.pooled_point([load.ServerRun(result(0, 1.0), 0.1, 1.0, 2.0, True)])
+    assert starved.p99_s == starved.mean_s == float("inf") and starved.throughput == 0.0
 
 
 def test_measure_setups_without_memory_starts_both_at_once():

@@ -6,7 +6,7 @@ N worker processes, N processes forked after loading the model
 measure, one server at a time:
 
 - throughput, latency and the cores of the whole server tree under closed-loop
-  load (:func:`measure_load`, built on :func:`servelab.load.measure_closed`),
+  load (:func:`measure_interleaved`, built on :mod:`servelab.load`'s one closed-loop measurement),
 - the tree's memory: RSS, PSS and USS, summed over all its processes and
   over the workers alone (:func:`servelab.memory.measure_memory`).
 
@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence, TypeVar
 from servelab import load, memory, plots, servers
 from servelab.load import ClosedLoopPoint, predict_body
 from servelab.memory import MemorySnapshot, measure_memory, profiler_memory_mib
-from servelab.notebook import markdown_table as table  # chapters 5a and 5b call it gil.table
+from servelab.notebook import markdown_table as table  # noqa: F401 - chapters 5a and 5b call gil.table
 from servelab.progress import progress
 
 MiB = memory.MiB
@@ -95,22 +95,9 @@ class LoadSpec:
     batch: int = 1
 
 
-def measure_load(server: servers.Server, *, setup: str = "", path: str = "/predict", concurrency: int = 1,
-                 duration_s: float = 1.0, warmup_s: float = 0.3, python_work: int = 0, batch: int = 1,
-                 retries: int = 2) -> ClosedLoopPoint:
-    """Closed-loop load on ``server`` at ``path`` (:func:`servelab.load.measure_closed`), labelled ``setup``.
-
-    ``/predict`` gets a POST with a synthetic ``batch`` of rows (plus
-    ``python_work`` iterations of pure-Python work); other paths a GET.
-    The run is repeated (up to ``retries`` times) while other programs take
-    CPU (:func:`servelab.contention.measure_uncontended`).
-    """
-    return load.measure_closed(server, concurrency, label=setup, path=path, batch=batch, python_work=python_work,
-                               duration_s=duration_s, warmup_s=warmup_s, retries=retries)  # fmt: skip
-
-
 def measure_interleaved(running: Mapping[str, servers.Server], spec: LoadSpec, *, duration_s: float = 1.0,
-                        warmup_s: float = 0.3, rounds: int = 2, retries: int = 2) -> dict[str, ClosedLoopPoint]:
+                        warmup_s: float = 0.3, rounds: int = 2, retries: int = 2,
+                        show_progress: bool = True) -> dict[str, ClosedLoopPoint]:
     """The same load on several running servers, alternating in ``rounds`` short runs, by label.
 
     See :func:`servelab.load.measure_closed_interleaved`: a machine that is faster for a few
@@ -119,7 +106,7 @@ def measure_interleaved(running: Mapping[str, servers.Server], spec: LoadSpec, *
     return load.measure_closed_interleaved(
         running, spec.concurrency, path=spec.path, batch=spec.batch, python_work=spec.python_work,
         duration_s=duration_s, warmup_s=warmup_s, rounds=rounds, retries=retries,
-        desc=f"{spec.path} at concurrency {spec.concurrency}")
+        desc=f"{spec.path} at concurrency {spec.concurrency}" if show_progress else None)
 
 
 # --------------------------------------------------------------------------- memory
@@ -277,7 +264,7 @@ def measure_setups(
         points: dict[str, list[ClosedLoopPoint]] = {label: [] for label in running}
         for spec in progress(specs, desc=f"load on {', '.join(running)}", unit="point"):
             measured = measure_interleaved(running, spec, duration_s=duration_s, warmup_s=warmup_s, rounds=rounds,
-                                           retries=retries)
+                                           retries=retries, show_progress=False)  # one bar: this loop's
             for label, point in measured.items():
                 points[label].append(point)
         if len(setups) == 2 and read_memory:
