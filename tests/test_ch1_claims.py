@@ -6,16 +6,18 @@ import pytest
 
 from servelab import claims, conversion, tail
 from servelab.conversion import PublishedPoint
-from servelab.tail import HedgeComparison, PageRun, SweepPoint
+from servelab.load import ClosedLoopPoint
+from servelab.tail import HedgeComparison, PageRun
 
 K_VALUES = [1, 2, 4, 8]
 
 
-def point(c: int, p50: float, p99: float, *, errors=0, outside=0.05) -> SweepPoint:
-    return SweepPoint(c, 300.0, p50, 0.9 * p99, p99, 500, errors, 0.3, 1.9, outside, outside > 0.5)
+def point(c: int, p50: float, p99: float, *, errors=0, outside=0.05) -> ClosedLoopPoint:
+    return ClosedLoopPoint(c, 300.0, p50, p50, 0.9 * p99, p99, completed=500, errors=errors, server_cores=1.9,
+                           client_cores=0.3, outside_cores=outside, contended=outside > 0.5)
 
 
-def sweep(p99_top=0.040, **kwargs) -> list[SweepPoint]:
+def sweep(p99_top=0.040, **kwargs) -> list[ClosedLoopPoint]:
     """A hockey stick on 2 cores: concurrency 1, 2, 4, 6, 8."""
     return [point(1, 0.005, 0.008), point(2, 0.006, 0.010), point(4, 0.011, 0.018), point(6, 0.017, 0.028),
             point(8, 0.022, p99_top, **kwargs)]

@@ -4,17 +4,19 @@ on numbers that do not fit with its plain-words message, and skips only with a m
 import pytest
 
 from servelab import claims, gil
-from servelab.gil import LoadPoint
+from servelab.load import ClosedLoopPoint
 
 LEVELS = [1, 2, 8]
 WEIGHTS_MIB = 256.0
 
 
-def lp(path="/predict", c=2, rps=100.0, cores=1.9, *, outside=0.05, busy=False, errors=0, completed=200) -> LoadPoint:
-    return LoadPoint("set-up", path, c, 0, 1, rps, 0.01, 0.02, cores, 0.3, outside, busy, completed, errors, "wrk")
+def lp(path="/predict", c=2, rps=100.0, cores=1.9, *, outside=0.05, busy=False, errors=0,
+       completed=200) -> ClosedLoopPoint:
+    return ClosedLoopPoint(c, rps, 0.01, 0.01, 0.015, 0.02, completed, errors, server_cores=cores, client_cores=0.3,
+                           outside_cores=outside, contended=busy, tool="wrk", label="set-up", path=path)
 
 
-def predict(best_rps: float, busy=()) -> list[LoadPoint]:
+def predict(best_rps: float, busy=()) -> list[ClosedLoopPoint]:
     """/predict at LEVELS: concurrency 1 at 55% of the best, the best from concurrency 2 on."""
     return [lp(c=c, rps=best_rps * (0.55 if c == 1 else 1.0), outside=0.9 if c in busy else 0.05, busy=c in busy)
             for c in LEVELS]

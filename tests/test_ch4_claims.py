@@ -1,7 +1,8 @@
 """Chapter 4's claims hold on numbers that fit the theory and break, with their message, on numbers that do not."""
 
 from servelab import claims, rate_sweep, roofline
-from servelab.rate_sweep import ClosedPoint, RatePoint
+from servelab.load import ClosedLoopPoint
+from servelab.rate_sweep import RatePoint
 
 
 def rate_point(rate: float, p99_s: float, *, sent: int = 100, answered: int = 100, errors: int = 0,
@@ -10,8 +11,9 @@ def rate_point(rate: float, p99_s: float, *, sent: int = 100, answered: int = 10
                      0.001, 0.05, 1.0, 0.9 if contended else 0.0, contended, 1)
 
 
-def closed(p99_s: float = 0.05, contended: bool = False) -> ClosedPoint:
-    return ClosedPoint(2, 80.0, p99_s / 2, p99_s / 2, p99_s, 200, 0, "asyncio", 0.0, contended)
+def closed(p99_s: float = 0.05, contended: bool = False) -> ClosedLoopPoint:
+    return ClosedLoopPoint(2, 80.0, p99_s / 2, p99_s / 2, p99_s / 2, p99_s, completed=200, errors=0, server_cores=1.0,
+                           client_cores=0.1, contended=contended, tool="asyncio")
 
 
 def test_accounting_breaks_on_a_lost_request_or_an_error():

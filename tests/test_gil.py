@@ -6,15 +6,15 @@ import json
 
 import pytest
 
-from servelab import gil, servers
+from servelab import gil, load, memory, servers
 from servelab.memory import MiB, ProcessMemory, TreeMemory
 
 SMALL = {"SERVELAB_MODEL_WIDTH": "256", "SERVELAB_MODEL_DEPTH": "2"}
 
 
 def test_predict_body_adds_python_work_only_when_asked():
-    assert json.loads(gil.predict_body()) == {"batch": 1}
-    assert json.loads(gil.predict_body(2, python_work=500)) == {"batch": 2, "python_work": 500}
+    assert json.loads(load.predict_body()) == {"batch": 1} and load.PREDICT_BODY == b'{"batch": 1}'
+    assert json.loads(load.predict_body(2, python_work=500)) == {"batch": 2, "python_work": 500}
 
 
 def test_standard_setups_scale_with_cores():
@@ -44,7 +44,7 @@ def _proc(pid, rss, pss, uss):
 
 def test_memory_snapshot_separates_workers_from_master():
     tree = TreeMemory([_proc(1, 100, 60, 40), _proc(2, 300, 160, 20), _proc(3, 300, 160, 20)])
-    snap = gil.MemorySnapshot("x", tree, worker_pids=[2, 3])
+    snap = memory.MemorySnapshot("x", tree, worker_pids=[2, 3])
     assert [p.pid for p in snap.workers] == [2, 3]
     assert snap.total_mib("pss") == 380 and snap.workers_mib("pss") == 320
     assert snap.workers_mib("rss") == 600
@@ -53,8 +53,8 @@ def test_memory_snapshot_separates_workers_from_master():
 
 
 def test_load_point_cpu_per_request():
-    point = gil.LoadPoint("s", "/predict", 2, 0, 1, throughput=100.0, p50=0.01, p99=0.02, server_cores=1.5,
-                          client_cores=0.1, outside_cores=0.0, contended=False, completed=100, errors=0, tool="wrk")
+    point = load.ClosedLoopPoint(2, throughput=100.0, mean_s=0.01, p50_s=0.01, p95_s=0.015, p99_s=0.02,
+                                 completed=100, errors=0, server_cores=1.5, client_cores=0.1, tool="wrk", label="s")
     assert point.cpu_ms_per_request == pytest.approx(15.0)
     assert point.row()["p99 ms"] == 20.0
 
@@ -77,7 +77,7 @@ def test_measure_setup_measures_every_point_and_stops(measured):
                      ("/predict", 1, False, 4), ("/predict", 2, True, 1)]
     for p in measured.points:
         assert p.errors == 0 and p.completed > 0 and p.throughput > 0
-        assert p.p99 >= p.p50 > 0
+        assert p.p99_s >= p.p50_s > 0
         assert 0 < p.server_cores < 8
     assert measured.point("/predict", 1).concurrency == 1
     assert measured.point("/predict", 1, batch=4).batch == 4
@@ -113,7 +113,7 @@ def test_memory_of_and_interleaved_runs_leave_no_server():
                                       rounds=2, retries=0)
     assert set(out) == {"a", "b"}
     for label, point in out.items():
-        assert point.setup == label and point.completed > 0 and point.errors == 0 and point.p50 > 0
+        assert point.label == label and point.completed > 0 and point.errors == 0 and point.p50_s > 0
     assert set(servers._LIVE) == before
     assert a.alive_pids() == [] and b.alive_pids() == []
 
@@ -131,7 +131,7 @@ def test_measure_setups_alternates_and_stops_all_on_error(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("load generator broke")
 
-    monkeypatch.setattr(gil, "_one_load_run", broken)
+    monkeypatch.setattr(load, "closed_loop", broken)
     with pytest.raises(RuntimeError, match="broke"):
         gil.measure_setups(setups, concurrencies=[1], duration_s=0.2, retries=0)
     assert set(servers._LIVE) == before  # both servers were stopped
@@ -145,11 +145,13 @@ def test_load_point_pools_runs():
         return load.LoadResult(latencies=np.full(n, 0.01), completed=n, errors=0, succeeded=n, duration_s=duration,
                                client_cpu_cores=0.1, tool="wrk", concurrency=1)
 
-    runs = [gil._Run(result(100, 1.0), cpu_s=1.0, wall_s=1.0, outside_cores=0.0, contended=False),
-            gil._Run(result(50, 1.0), cpu_s=0.5, wall_s=1.0, outside_cores=0.3, contended=True)]
-    point = gil._load_point("x", gil.LoadSpec(), runs)
+    runs = [load.ServerRun(result(100, 1.0), server_cpu_s=1.0, wall_s=1.0, outside_cores=0.0, contended=False),
+            load.ServerRun(result(50, 1.0), server_cpu_s=0.5, wall_s=1.0, outside_cores=0.3, contended=True)]
+    point = load.pooled_point(runs, label="x")
     assert point.throughput == 75.0 and point.completed == 150
     assert point.server_cores == 0.75 and point.outside_cores == 0.3 and point.contended
+    starved = load.pooled_point([load.ServerRun(result(0, 1.0), 0.1, 1.0, 2.0, True)])
+    assert starved.p99_s == starved.mean_s == float("inf") and starved.throughput == 0.0
 
 
 def test_measure_setups_without_memory_starts_both_at_once():

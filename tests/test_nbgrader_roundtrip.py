@@ -38,7 +38,7 @@ def timed_call() -> float:
 
 
 lone = [timed_call() for _ in range(300)]
-sweep = [SimpleNamespace(concurrency=16, p99=16 * float(np.percentile(lone, 99)))]  # 16 queued on one worker
+sweep = [SimpleNamespace(concurrency=16, p99_s=16 * float(np.percentile(lone, 99)))]  # 16 queued on one worker
 '''
 #: Two of the usual mistakes, each named by a hint of its check.
 WRONG_ANSWERS = {

@@ -1,11 +1,12 @@
 """A closed-loop sweep re-measures points that break its required shape, and flags those that stay broken."""
 
 from servelab import plots, tail
-from servelab.tail import SweepPoint
+from servelab.load import ClosedLoopPoint
 
 
-def point(c: int, throughput: float, contended: bool = False) -> SweepPoint:
-    return SweepPoint(c, throughput, 0.01, 0.02, 0.03, 100, 0, 0.01, 1.0, 0.0, contended)
+def point(c: int, throughput: float, contended: bool = False) -> ClosedLoopPoint:
+    return ClosedLoopPoint(c, throughput, 0.01, 0.01, 0.02, 0.03, completed=100, errors=0, server_cores=1.0,
+                           client_cores=0.01, contended=contended)
 
 
 def test_a_throughput_dip_is_a_shape_break_and_a_plateau_is_not():

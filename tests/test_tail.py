@@ -142,7 +142,7 @@ def test_pages_take_the_max_of_k_calls_and_sweep_counts_requests() -> None:
         run = tail.measure_pages(srv.url + "/predict", 3, n_pages=20, warmup_pages=1, retries=0)
         assert run.pages == 20 and run.call_latencies.size == 60
         assert np.allclose(run.page_latencies, run.call_latencies.reshape(20, 3).max(axis=1))
-        assert run.client_cpu_cores > 0
+        assert run.client_cores > 0
         hedging = tail.compare_hedging(srv.url + "/predict", hedge_delay_s=5.0, n_calls=20, blocks=2)
         assert hedging.plain.size == hedging.hedged.size == 20 and hedging.hedges_sent == 0
         adaptive = tail.compare_hedging(srv.url + "/predict", hedge_percentile=50, n_calls=40, blocks=2)
@@ -152,8 +152,8 @@ def test_pages_take_the_max_of_k_calls_and_sweep_counts_requests() -> None:
         points = tail.load_sweep(srv, [1, 2], duration_s=0.3, retries=0)
     assert [p.concurrency for p in points] == [1, 2]
     for p in points:
-        assert p.requests > 0 and p.errors == 0 and p.p50 <= p.p95 <= p.p99
-        assert p.throughput > 0 and p.server_cpu_cores > 0
+        assert p.completed > 0 and p.errors == 0 and p.p50_s <= p.p95_s <= p.p99_s
+        assert p.throughput > 0 and p.server_cores > 0
 
 
 def test_fanout_alternates_k_values_and_counts_calls() -> None:

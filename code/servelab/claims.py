@@ -180,13 +180,12 @@ def tally_line(claims: Sequence[Claim]) -> str:
 
 def markdown_table(records: Sequence[dict]) -> str:
     """The claims of ``records`` as one Markdown table: chapter, claim, measured, bound, outcome."""
-    lines = ["| chapter | claim | measured | bound | outcome |", "|---|---|---|---|---|"]
-    for r in records:
-        for c in r["claims"]:
-            outcome = c["outcome"] + (f": {c['message']}" if c["outcome"] != HELD else "")
-            cells = [r["chapter"], f"{c['sentence']} (`{c['id']}`)", c["measured"] or "–", c["bound"] or "–", outcome]
-            lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", " ") for cell in cells) + " |")
-    return "\n".join(lines)
+    from servelab.notebook import markdown_table as table
+
+    rows = [{"chapter": r["chapter"], "claim": f"{c['sentence']} (`{c['id']}`)", "measured": c["measured"] or "–",
+             "bound": c["bound"] or "–", "outcome": c["outcome"] + (f": {c['message']}" if c["outcome"] != HELD else "")}
+            for r in records for c in r["claims"]]  # fmt: skip
+    return table(rows) or "| chapter | claim | measured | bound | outcome |\n|---|---|---|---|---|"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

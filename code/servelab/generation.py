@@ -46,7 +46,7 @@ def status_of(url: str, body: bytes, timeout_s: float = 30.0) -> tuple[int, dict
     import urllib.request
 
     load.check_loopback(url)
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=body, headers=load.JSON_HEADERS)
     try:
         with urllib.request.urlopen(request, timeout=timeout_s) as resp:
             return resp.status, json.loads(resp.read())

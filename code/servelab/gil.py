@@ -5,11 +5,10 @@ N worker processes, N processes forked after loading the model
 (``--preload``), or one process with N threads. For each running set-up we
 measure, one server at a time:
 
-- throughput and latency under closed-loop load (:func:`measure_load`),
-- the cores the whole server tree used: the delta of its CPU-seconds over
-  the run's wall time (:meth:`servelab.servers.Server.cpu_seconds`),
+- throughput, latency and the cores of the whole server tree under closed-loop
+  load (:func:`measure_interleaved`, built on :mod:`servelab.load`'s one closed-loop measurement),
 - the tree's memory: RSS, PSS and USS, summed over all its processes and
-  over the workers alone (:func:`measure_memory`).
+  over the workers alone (:func:`servelab.memory.measure_memory`).
 
 :func:`measure_setup` does all of this for one set-up and stops its server,
 even when a measurement fails.
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import contextlib
-import json
 import statistics
 import time
 import urllib.request
@@ -28,23 +26,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence, TypeVar
 
-import numpy as np
-
-from servelab import contention, load, memory, plots, servers, stats
+from servelab import load, memory, plots, servers
+from servelab.load import ClosedLoopPoint, predict_body
+from servelab.memory import MemorySnapshot, measure_memory, profiler_memory_mib
+from servelab.notebook import markdown_table as table  # noqa: F401 - chapters 5a and 5b call gil.table
+from servelab.progress import progress
 
 MiB = memory.MiB
 T = TypeVar("T")
-JSON_HEADERS = {"Content-Type": "application/json"}
 #: Iterations of pure-Python work in the app's ``/pyloop`` handler; every set-up passes it to its server.
 PYLOOP_ITERS = 150_000
-
-
-def predict_body(batch: int = 1, python_work: int = 0) -> bytes:
-    """A /predict request body: a synthetic batch made on the server, plus optional pure-Python work."""
-    payload: dict[str, int] = {"batch": batch}
-    if python_work:
-        payload["python_work"] = int(python_work)
-    return json.dumps(payload).encode()
 
 
 @dataclass(frozen=True)
@@ -94,42 +85,6 @@ def standard_setups(n: int, env: Mapping[str, str] | None = None) -> dict[str, S
 # --------------------------------------------------------------------------- load
 
 
-@dataclass
-class LoadPoint:
-    """One closed-loop load run against one server. Times in seconds."""
-
-    setup: str
-    path: str
-    concurrency: int
-    python_work: int
-    batch: int
-    throughput: float  # successful answers per second
-    p50: float
-    p99: float
-    server_cores: float  # the server tree's CPU-seconds per wall second
-    client_cores: float  # the load generator's
-    outside_cores: float  # other programs'
-    contended: bool
-    completed: int
-    errors: int
-    tool: str
-
-    @property
-    def cpu_ms_per_request(self) -> float:
-        """Server CPU time per answered request, in ms."""
-        return 1e3 * self.server_cores / self.throughput if self.throughput > 0 else float("nan")
-
-    def row(self) -> dict[str, object]:
-        """The point as a table row (ms and cores)."""
-        return {
-            "set-up": self.setup, "path": self.path, "batch": self.batch if self.path == "/predict" else "",
-            "concurrency": self.concurrency, "req/s": round(self.throughput, 1), "p50 ms": round(1e3 * self.p50, 2), "p99 ms": round(1e3 * self.p99, 2),
-            "server cores": round(self.server_cores, 2), "client cores": round(self.client_cores, 2),
-            "CPU ms/req": round(self.cpu_ms_per_request, 2), "other programs' cores": round(self.outside_cores, 2),
-            "errors": self.errors,
-        }  # fmt: skip
-
-
 @dataclass(frozen=True)
 class LoadSpec:
     """What to send: ``path`` at ``concurrency`` (``/predict``: ``batch`` rows, ``python_work`` iterations)."""
@@ -139,134 +94,22 @@ class LoadSpec:
     python_work: int = 0
     batch: int = 1
 
-    def body(self) -> bytes | None:
-        """The POST body for /predict; None (a GET) for other paths."""
-        return predict_body(self.batch, self.python_work) if self.path == "/predict" else None
-
-
-@dataclass
-class _Run:
-    result: load.LoadResult
-    cpu_s: float  # the server tree's CPU-seconds during the run
-    wall_s: float
-    outside_cores: float
-    contended: bool
-
-
-def _one_load_run(server: servers.Server, spec: LoadSpec, duration_s: float, warmup_s: float
-                  ) -> tuple[load.LoadResult, float, float]:
-    body = spec.body()
-    kwargs = dict(concurrency=spec.concurrency, method="POST" if body else "GET", body=body,
-                  headers=JSON_HEADERS if body else None)
-    url = server.url + spec.path
-    if warmup_s > 0:  # a separate run, so the CPU delta below covers the measured run only
-        load.closed_loop(url, duration_s=warmup_s, **kwargs)
-    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-    result = load.closed_loop(url, duration_s=duration_s, **kwargs)
-    return result, server.cpu_seconds() - cpu0, time.perf_counter() - t0
-
-
-def _measured_run(server: servers.Server, spec: LoadSpec, duration_s: float, warmup_s: float, retries: int) -> _Run:
-    measured = contention.measure_uncontended(lambda: _one_load_run(server, spec, duration_s, warmup_s),
-                                              retries=retries)
-    result, cpu_s, wall_s = measured.value
-    return _Run(result, cpu_s, wall_s, measured.outside_cores, measured.contended)
-
-
-def _load_point(setup: str, spec: LoadSpec, runs: Sequence[_Run]) -> LoadPoint:
-    """One point from one or more runs: requests and seconds add up, latencies are pooled."""
-    results = [r.result for r in runs]
-    duration = sum(r.duration_s for r in results)
-    latencies = np.concatenate([r.latencies for r in results])
-    # A run starved by other programs may complete no request at all: its percentiles are infinite.
-    summary = stats.summarize(latencies) if latencies.size else None
-    p50, p99 = (summary.p50, summary.p99) if summary else (np.inf, np.inf)
-    return LoadPoint(
-        setup=setup, path=spec.path, concurrency=spec.concurrency, python_work=spec.python_work, batch=spec.batch,
-        throughput=sum(r.succeeded for r in results) / duration, p50=p50, p99=p99,
-        server_cores=sum(r.cpu_s for r in runs) / sum(r.wall_s for r in runs),
-        client_cores=sum(r.client_cpu_cores * r.duration_s for r in results) / duration,
-        outside_cores=max(r.outside_cores for r in runs), contended=any(r.contended for r in runs),
-        completed=sum(r.completed for r in results), errors=sum(r.errors for r in results), tool=results[0].tool,
-    )  # fmt: skip
-
-
-def measure_load(server: servers.Server, *, setup: str = "", path: str = "/predict", concurrency: int = 1,
-                 duration_s: float = 1.0, warmup_s: float = 0.3, python_work: int = 0, batch: int = 1,
-                 retries: int = 2) -> LoadPoint:
-    """Closed-loop load on ``server`` at ``path``; throughput, p50/p99, cores of server and client.
-
-    ``/predict`` gets a POST with a synthetic ``batch`` of rows (plus
-    ``python_work`` iterations of pure-Python work); other paths a GET.
-    The run is repeated (up to ``retries`` times) while other programs take
-    CPU (:func:`servelab.contention.measure_uncontended`).
-    """
-    spec = LoadSpec(path, concurrency, python_work, batch)
-    return _load_point(setup, spec, [_measured_run(server, spec, duration_s, warmup_s, retries)])
-
 
 def measure_interleaved(running: Mapping[str, servers.Server], spec: LoadSpec, *, duration_s: float = 1.0,
-                        warmup_s: float = 0.3, rounds: int = 2, retries: int = 2) -> dict[str, LoadPoint]:
-    """The same load on several running servers, one at a time, alternating in ``rounds`` short runs.
+                        warmup_s: float = 0.3, rounds: int = 2, retries: int = 2,
+                        show_progress: bool = True) -> dict[str, ClosedLoopPoint]:
+    """The same load on several running servers, alternating in ``rounds`` short runs, by label.
 
-    Each server gets ``duration_s`` in total, split into ``rounds`` runs taken
-    A, B, A, B, …: a machine that is faster for a few seconds favours every
-    server alike, so their ratio is steadier than from runs far apart.
+    See :func:`servelab.load.measure_closed_interleaved`: a machine that is faster for a few
+    seconds favours every server alike, so their ratio is steadier than from runs far apart.
     """
-    runs: dict[str, list[_Run]] = {label: [] for label in running}
-    for i in range(rounds):
-        for label, server in running.items():
-            runs[label].append(_measured_run(server, spec, duration_s / rounds, warmup_s if i == 0 else 0.0, retries))
-    return {label: _load_point(label, spec, r) for label, r in runs.items()}
+    return load.measure_closed_interleaved(
+        running, spec.concurrency, path=spec.path, batch=spec.batch, python_work=spec.python_work,
+        duration_s=duration_s, warmup_s=warmup_s, rounds=rounds, retries=retries,
+        desc=f"{spec.path} at concurrency {spec.concurrency}" if show_progress else None)
 
 
 # --------------------------------------------------------------------------- memory
-
-
-@dataclass
-class MemorySnapshot:
-    """A server tree's memory: every process, and which of them are workers."""
-
-    setup: str
-    tree: memory.TreeMemory
-    worker_pids: list[int]
-
-    @property
-    def workers(self) -> list[memory.ProcessMemory]:
-        """The workers' entries (gunicorn's master excluded)."""
-        return [p for p in self.tree.processes if p.pid in self.worker_pids]
-
-    def total_mib(self, kind: str = "pss") -> float:
-        """The whole tree's summed ``rss``, ``pss`` or ``uss``, in MiB."""
-        return getattr(self.tree, kind) / MiB
-
-    def workers_mib(self, kind: str = "pss") -> float:
-        """The workers' summed ``rss``, ``pss`` or ``uss``, in MiB."""
-        return sum(getattr(p, kind) for p in self.workers) / MiB
-
-    def row(self) -> dict[str, object]:
-        """Tree totals and worker sums in MiB, as a table row."""
-        return {
-            "set-up": self.setup, "processes": len(self.tree.processes), "workers": len(self.workers),
-            "RSS MiB": round(self.total_mib("rss")), "PSS MiB": round(self.total_mib("pss")),
-            "USS MiB": round(self.total_mib("uss")), "workers' RSS MiB": round(self.workers_mib("rss")),
-            "workers' PSS MiB": round(self.workers_mib("pss")),
-        }  # fmt: skip
-
-
-def measure_memory(server: servers.Server, setup: str = "") -> MemorySnapshot:
-    """RSS, PSS and USS of every process of ``server`` (from /proc/PID/smaps_rollup)."""
-    return MemorySnapshot(setup, server.memory(), list(server.worker_pids))
-
-
-def profiler_memory_mib(server: servers.Server) -> dict[str, float]:
-    """The tree's memory by ``memory_profiler.memory_usage`` with each backend, in MiB.
-
-    Keys ``psutil`` (RSS, the default), ``psutil_pss`` and ``psutil_uss``; the
-    root is gunicorn's master, its children are summed in.
-    """
-    root = server.pids[0]
-    return {backend: memory.profiler_memory(root, backend) for backend in ("psutil", "psutil_pss", "psutil_uss")}
 
 
 def predicted_pss_mib(shared_mib: float, private_mib_per_worker: float, workers: int, master_mib: float = 0.0) -> float:
@@ -298,7 +141,7 @@ class MixedWork:
 def _median_seconds(url: str, body: bytes | None, n: int) -> float:
     times = []
     for _ in range(n):
-        req = urllib.request.Request(url, data=body, headers=JSON_HEADERS if body else {})
+        req = urllib.request.Request(url, data=body, headers=load.JSON_HEADERS if body else {})
         t0 = time.perf_counter()
         with urllib.request.urlopen(req, timeout=30) as resp:
             resp.read()
@@ -323,13 +166,13 @@ class SetupResult:
     """Everything measured on one running set-up."""
 
     setup: Setup
-    points: list[LoadPoint]
+    points: list[ClosedLoopPoint]
     memory: MemorySnapshot | None  # None when measured with read_memory=False
     profiler_mib: dict[str, float] | None = None
     mixed: MixedWork | None = None
 
     def point(self, path: str = "/predict", concurrency: int | None = None, python_work: int = 0,
-              batch: int = 1) -> LoadPoint:
+              batch: int = 1) -> ClosedLoopPoint:
         """The load point at ``path``/``concurrency``/``python_work``/``batch`` (the highest concurrency if None)."""
         found = [p for p in self.points if p.path == path and p.python_work == python_work
                  and (p.batch == batch or path != "/predict")
@@ -343,7 +186,7 @@ class SetupResult:
 def _warm_up(server: servers.Server, concurrency: int, duration_s: float) -> None:
     """A burst of predictions at ``concurrency``, so every worker and thread has served requests."""
     load.closed_loop(server.url + "/predict", concurrency=concurrency, duration_s=max(duration_s, 0.1),
-                     method="POST", body=predict_body(), headers=JSON_HEADERS)
+                     method="POST", body=load.PREDICT_BODY, headers=load.JSON_HEADERS)
 
 
 def measure_setups(
@@ -418,10 +261,10 @@ def measure_setups(
             mixed = calibrate_mixed_work(running[setups[0].label], mixed_shares)
         specs += [LoadSpec("/predict", mixed_concurrency or max(concurrencies), python_work=mixed.iterations[share])
                   for share in mixed_shares]  # type: ignore[union-attr]
-        points: dict[str, list[LoadPoint]] = {label: [] for label in running}
-        for spec in specs:
+        points: dict[str, list[ClosedLoopPoint]] = {label: [] for label in running}
+        for spec in progress(specs, desc=f"load on {', '.join(running)}", unit="point"):
             measured = measure_interleaved(running, spec, duration_s=duration_s, warmup_s=warmup_s, rounds=rounds,
-                                           retries=retries)
+                                           retries=retries, show_progress=False)  # one bar: this loop's
             for label, point in measured.items():
                 points[label].append(point)
         if len(setups) == 2 and read_memory:
@@ -475,13 +318,6 @@ def memory_of(setup: Setup, requests: int = 3) -> MemorySnapshot:
 # --------------------------------------------------------------------------- presentation
 
 
-def table(rows: Sequence[Mapping[str, object]]) -> str:
-    """Rows of equal keys as a Markdown table (for ``IPython.display.Markdown``)."""
-    from tabulate import tabulate
-
-    return tabulate([dict(r) for r in rows], headers="keys", tablefmt="github", floatfmt=".2f")
-
-
 def profiler_comparison(result: SetupResult) -> list[dict[str, object]]:
     """memory_profiler's three backends next to psutil's sums over the same tree (MiB)."""
     if result.profiler_mib is None:
@@ -493,21 +329,6 @@ def profiler_comparison(result: SetupResult) -> list[dict[str, object]]:
          "difference %": round(100 * (mib / result.memory.total_mib(kind) - 1), 1)}
         for backend, kind in ours.items() for mib in [result.profiler_mib[backend]]
     ]  # fmt: skip
-
-
-def grouped_bars(ax, groups: Sequence[str], series: Mapping[str, Sequence[float]], colors: Sequence[str], *,
-                 fmt: str = "{:.0f}", alphas: Sequence[float] | None = None, hatches: Sequence[str] | None = None
-                 ) -> None:  # noqa: ANN001 - a matplotlib Axes
-    """Bars for each group (x) and series (side by side), each labelled with its value."""
-    width = 0.8 / len(series)
-    for i, (name, values) in enumerate(series.items()):
-        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        bars = ax.bar(xs, values, width, label=name, color=colors[i % len(colors)],
-                      alpha=alphas[i] if alphas else 1.0, hatch=hatches[i] if hatches else None,
-                      edgecolor="white")  # fmt: skip
-        ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=8, padding=2)
-    ax.set_xticks(range(len(groups)), groups)
-    ax.margins(y=0.15)
 
 
 # --------------------------------------------------------------------------- figures (chapter 2)
@@ -522,14 +343,12 @@ def plot_memory(results: Mapping[str, SetupResult], weights_mib: float) -> "plot
     """Summed RSS, PSS and USS of each set-up's whole server tree, against one copy of the weights."""
     fig, ax = plots.figure()
     kinds = {"summed RSS": ("rss", 0.35, "//"), "PSS": ("pss", 1.0, None), "USS": ("uss", 0.65, None)}
-    colors = [setup_color(k) for k in results]
-    for i, (name, (kind, alpha, hatch)) in enumerate(kinds.items()):
-        bars = ax.bar([x + (i - 1) * 0.26 for x in range(len(results))], [r.memory.total_mib(kind) for r in results.values()],
-                      0.26, color=colors, alpha=alpha, hatch=hatch, edgecolor="white", label=name)
-        ax.bar_label(bars, fmt="%.0f", fontsize=7.5, padding=2)
+    series = {name: [r.memory.total_mib(kind) for r in results.values()] for name, (kind, _, _) in kinds.items()}
+    plots.grouped_bars(ax, [r.setup.label.replace(", ", ",\n") for r in results.values()], series,
+                       [setup_color(k) for k in results], alphas=[a for _, a, _ in kinds.values()],
+                       hatches=[h for _, _, h in kinds.values()], color_by_group=True, fontsize=7.5)
     ax.axhline(weights_mib, ls=":", color=plots.COLORS["predicted"], lw=1)
     ax.text(len(results) - 0.5, weights_mib, "one copy of the weights", ha="right", va="bottom", fontsize=8)
-    ax.set_xticks(range(len(results)), [r.setup.label.replace(", ", ",\n") for r in results.values()])
     ax.legend(loc="upper left")
     plots.label(ax, "set-up", "memory of the whole server tree (MiB)", "RSS, PSS and USS, summed over the tree's processes")
     plots.caption(fig, "Bars left to right: summed RSS (hatched), PSS (solid), USS (light). Read after a burst "
@@ -545,7 +364,7 @@ def plot_predict(results: Mapping[str, SetupResult], levels: Sequence[int], note
         busy = [p.contended for p in points]
         plots.line_with_contended(left, levels, [p.throughput for p in points], busy, color=setup_color(kind),
                                   label=r.setup.label)
-        plots.line_with_contended(right, levels, [1e3 * p.p99 for p in points], busy, color=setup_color(kind))
+        plots.line_with_contended(right, levels, [1e3 * p.p99_s for p in points], busy, color=setup_color(kind))
     for ax in (left, right):
         ax.set_xscale("log", base=2)
         ax.set_xticks(levels, [str(c) for c in levels])
@@ -558,13 +377,13 @@ def plot_predict(results: Mapping[str, SetupResult], levels: Sequence[int], note
     return fig
 
 
-def plot_oversubscription(one: LoadPoint, default: LoadPoint, workers: int, cores: int, rows: int) -> "plots.Figure":
+def plot_oversubscription(one: ClosedLoopPoint, default: ClosedLoopPoint, workers: int, cores: int, rows: int) -> "plots.Figure":
     """CPU per request, throughput and p50 with 1 torch thread per worker against torch's default."""
     fig, axes = plots.figure(ncols=3)
     names = ["torch: 1 thread\nper worker", f"torch default:\n{cores} per worker"]
     panels = [("CPU spent per request", "server CPU per request (ms)", [p.cpu_ms_per_request for p in (one, default)]),
               ("Throughput", "throughput (requests/s)", [p.throughput for p in (one, default)]),
-              ("Median latency", "p50 latency (ms)", [1e3 * p.p50 for p in (one, default)])]
+              ("Median latency", "p50 latency (ms)", [1e3 * p.p50_s for p in (one, default)])]
     for ax, (title, unit, values) in zip(axes, panels):
         ax.bar_label(ax.bar(names, values, color=[plots.COLORS["preload"], plots.COLORS["processes"]]), fmt="%.0f")
         ax.margins(y=0.15)
@@ -574,10 +393,10 @@ def plot_oversubscription(one: LoadPoint, default: LoadPoint, workers: int, core
     return fig
 
 
-def plot_proxy_hop(via: Mapping[str, LoadPoint]) -> "plots.Figure":
+def plot_proxy_hop(via: Mapping[str, ClosedLoopPoint]) -> "plots.Figure":
     """Median latency of GET /health directly and through nginx."""
     fig, ax = plots.figure()
-    bars = ax.bar(list(via), [1e3 * p.p50 for p in via.values()], color=[plots.COLORS["threads"], plots.COLORS["throughput"]])
+    bars = ax.bar(list(via), [1e3 * p.p50_s for p in via.values()], color=[plots.COLORS["threads"], plots.COLORS["throughput"]])
     ax.bar_label(bars, fmt="%.3f")
     plots.label(ax, "", "median latency of GET /health (ms)", "The cost of one proxy hop")
     plots.caption(fig, "Concurrency 1; 3 interleaved runs per route, latencies pooled; nginx with 1 worker and "
@@ -585,9 +404,9 @@ def plot_proxy_hop(via: Mapping[str, LoadPoint]) -> "plots.Figure":
     return fig
 
 
-def describe_proxy_hop(via: Mapping[str, LoadPoint], inference_ms: float) -> str:
+def describe_proxy_hop(via: Mapping[str, ClosedLoopPoint], inference_ms: float) -> str:
     """The sentence that reads the proxy hop's cost, from the numbers."""
-    direct, proxied = via["direct"].p50, via["through nginx"].p50
+    direct, proxied = via["direct"].p50_s, via["through nginx"].p50_s
     added_ms = 1e3 * (proxied - direct)
     return (f"nginx added {1e3 * added_ms:.0f} µs to the median request ({1e3 * direct:.2f} ms direct, "
             f"{1e3 * proxied:.2f} ms through nginx), {100 * added_ms / inference_ms:.1f}% of the "
@@ -623,11 +442,11 @@ def plot_python_share(shares: Sequence[float], measured: Sequence[float], worker
 from servelab import claims  # noqa: E402
 
 
-def _busiest(points: Sequence[LoadPoint]) -> float:
+def _busiest(points: Sequence[ClosedLoopPoint]) -> float:
     return max(p.outside_cores for p in points)
 
 
-def claim_load_runs_clean(points: Sequence[LoadPoint]) -> claims.Claim:
+def claim_load_runs_clean(points: Sequence[ClosedLoopPoint]) -> claims.Claim:
     """Every load run got answers and no errors."""
     bad = [p for p in points if p.errors or not p.completed]
     return claims.condition(
@@ -636,7 +455,7 @@ def claim_load_runs_clean(points: Sequence[LoadPoint]) -> claims.Claim:
         fail="some load runs got errors from the server: " + str([p.row() for p in bad]))
 
 
-def claim_threads_cap_pyloop(point: LoadPoint, cap: float = 1.2) -> claims.Claim:
+def claim_threads_cap_pyloop(point: ClosedLoopPoint, cap: float = 1.2) -> claims.Claim:
     """Threads of one process use at most ``cap`` cores on pure-Python work: the GIL runs one at a time."""
     return claims.at_most(
         "ch2.threads_cap_pyloop", "On pure-Python work, the threads of one process use about one core: the GIL.",
@@ -644,7 +463,7 @@ def claim_threads_cap_pyloop(point: LoadPoint, cap: float = 1.2) -> claims.Claim
         fail=f"threads used {point.server_cores:.2f} cores on pure-Python work; the GIL should cap them near 1")
 
 
-def claim_processes_parallel_pyloop(point: LoadPoint, workers: int, cores: int, floor: float = 1.6) -> claims.Claim:
+def claim_processes_parallel_pyloop(point: ClosedLoopPoint, workers: int, cores: int, floor: float = 1.6) -> claims.Claim:
     """``workers`` processes use at least ``floor`` cores on pure-Python work: one interpreter each.
 
     A contended run is still judged when it reached the floor: other programs can only take cores
@@ -665,14 +484,14 @@ def claim_processes_parallel_pyloop(point: LoadPoint, workers: int, cores: int, 
              "interpreters should run in parallel on 2 or more cores")
 
 
-def claim_processes_capped_on_one_core(point: LoadPoint, cap: float = 1.2) -> claims.Claim:
+def claim_processes_capped_on_one_core(point: ClosedLoopPoint, cap: float = 1.2) -> claims.Claim:
     """On a 1-core machine, processes cannot beat one core either (the check that replaces the one above)."""
     return claims.at_most(
         "ch2.processes_capped_one_core", "With one usable core, processes cannot use more than one core either.",
         point.server_cores, cap, unit=" cores", fail=f"{point.server_cores:.2f} cores used on a 1-core machine?")
 
 
-def claim_threads_match_processes(threads: Sequence[LoadPoint], processes: Sequence[LoadPoint],
+def claim_threads_match_processes(threads: Sequence[ClosedLoopPoint], processes: Sequence[ClosedLoopPoint],
                                   ratio: float = 0.8) -> claims.Claim:
     """The threads' best /predict throughput is at least ``ratio`` × the processes' best.
 
@@ -785,7 +604,7 @@ def claim_gc_collect_copies(collect_uss_mib: float, freeze_uss_mib: float, recor
              f"gc.freeze(); {records:,} records should take far more")
 
 
-def claim_oversubscription_costs_cpu(one: LoadPoint, default: LoadPoint, workers: int, cores: int,
+def claim_oversubscription_costs_cpu(one: ClosedLoopPoint, default: ClosedLoopPoint, workers: int, cores: int,
                                      factor: float = 1.2) -> claims.Claim:
     """torch's default threads (one per core, in every worker) cost at least ``factor`` × the CPU per request."""
     claim_id = "ch2.oversubscription_costs_cpu"
@@ -805,7 +624,7 @@ def claim_oversubscription_costs_cpu(one: LoadPoint, default: LoadPoint, workers
 
 
 def _nginx_skip(claim_id: str, sentence: str, added_ms: float | None,
-                via: Mapping[str, LoadPoint] | None) -> claims.Claim | None:
+                via: Mapping[str, ClosedLoopPoint] | None) -> claims.Claim | None:
     if added_ms is None or not via:
         return claims.skipped(claim_id, sentence, kind="tool missing", reason="nginx is not installed here")
     if any(p.contended for p in via.values()):
@@ -816,7 +635,7 @@ def _nginx_skip(claim_id: str, sentence: str, added_ms: float | None,
     return None
 
 
-def claim_nginx_hop_small(added_ms: float | None, via: Mapping[str, LoadPoint] | None,
+def claim_nginx_hop_small(added_ms: float | None, via: Mapping[str, ClosedLoopPoint] | None,
                           bound_ms: float = 0.5) -> claims.Claim:
     """nginx adds less than ``bound_ms`` to the median /health request."""
     claim_id, sentence = "ch2.nginx_hop_small", "A local nginx hop adds well under 1 ms to a request."
@@ -828,7 +647,7 @@ def claim_nginx_hop_small(added_ms: float | None, via: Mapping[str, LoadPoint] |
         fail=f"nginx added {added_ms:.2f} ms to /health; a local proxy hop costs well under 1 ms")
 
 
-def claim_nginx_invisible(added_ms: float | None, inference_ms: float, via: Mapping[str, LoadPoint] | None,
+def claim_nginx_invisible(added_ms: float | None, inference_ms: float, via: Mapping[str, ClosedLoopPoint] | None,
                           share: float = 0.05) -> claims.Claim:
     """nginx adds less than ``share`` of a prediction's time."""
     claim_id = "ch2.nginx_invisible"

@@ -6,12 +6,13 @@ number without its machine means little. Taught in: chapters/00_setup.ipynb.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
 import shutil
 import subprocess
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 from servelab import claims  # claims imports this module only inside a function: no cycle at import
 
@@ -22,6 +23,19 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
+    import torch  # here: most of servelab never needs torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def cpu_model() -> str:

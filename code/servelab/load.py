@@ -10,6 +10,12 @@ omission).
 Every run is bounded in requests and time, with a hard wall-clock cap, and only
 ever targets 127.0.0.1 / localhost / [::1].
 
+Against a running server, :func:`measure_closed` is the book's one closed-loop
+measurement: it adds the server tree's cores and the outside load to a run, and
+returns a :class:`ClosedLoopPoint` (seconds in ``*_s``, CPU in ``server_cores`` and
+``client_cores``). Chapters 1, 2 and 4 build on it. The request every chapter sends
+lives here too: :data:`JSON_HEADERS`, :func:`predict_body` and :data:`PREDICT_BODY`.
+
 Taught in: chapters/01_latency.ipynb (closed loop), chapters/04_batching.ipynb (open loop).
 """
 
@@ -27,13 +33,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Coroutine, Sequence, TypeVar
+from typing import Any, Coroutine, Mapping, Protocol, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
 import numpy as np
 
-from servelab import tools
+from servelab import contention, tools
+from servelab.progress import progress
 from servelab.stats import LatencySummary, summarize
 
 T = TypeVar("T")
@@ -45,6 +52,24 @@ HARD_CAP_EXTRA_S = 15.0
 WRK_SCRIPT = Path(__file__).with_name("wrk_report.lua")
 _WRK_JSON_PREFIX = "SERVELAB_WRK_JSON "
 _WRK_DONE_MARKER = "servelab-wrk: max_requests reached"
+
+
+# --------------------------------------------------------------------------- the request every chapter sends
+
+#: The headers of every JSON request the book sends.
+JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def predict_body(batch: int = 1, python_work: int = 0) -> bytes:
+    """A /predict request body: ``batch`` synthetic rows made on the server, plus optional pure-Python work."""
+    payload: dict[str, int] = {"batch": batch}
+    if python_work:
+        payload["python_work"] = int(python_work)
+    return json.dumps(payload).encode()
+
+
+#: The one-row /predict body: ``{"batch": 1}``.
+PREDICT_BODY = predict_body()
 
 
 # --------------------------------------------------------------------------- results
@@ -165,8 +190,8 @@ def _check_positive(**values: float) -> None:
             raise ValueError(f"{name} must be > 0, got {value!r}")
 
 
-def _new_session(limit: int) -> aiohttp.ClientSession:
-    # One connector for the whole run: keep-alive connections are reused.
+def new_session(limit: int) -> aiohttp.ClientSession:
+    """An aiohttp session of up to ``limit`` keep-alive connections, each request bounded by REQUEST_TIMEOUT_S."""
     connector = aiohttp.TCPConnector(limit=limit, force_close=False)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     return aiohttp.ClientSession(connector=connector, timeout=timeout)
@@ -238,7 +263,7 @@ async def _closed_phase(
 async def _closed_loop_asyncio(
     request: dict[str, Any], concurrency: int, duration_s: float, max_requests: int, warmup_s: float
 ) -> LoadResult:
-    async with _new_session(concurrency) as session:
+    async with new_session(concurrency) as session:
         if warmup_s > 0:
             await _closed_phase(session, request, concurrency, warmup_s, max_requests)
         tally, wall, cpu = await _closed_phase(session, request, concurrency, duration_s, max_requests)
@@ -471,6 +496,152 @@ def closed_loop(
     return run_coro(asyncio.wait_for(_closed_loop_asyncio(request, concurrency, duration_s, max_requests, warmup_s), cap_s))
 
 
+# --------------------------------------------------------------------------- closed loop against a server
+
+
+class MeasuredServer(Protocol):
+    """What :func:`measure_closed` needs of a server: its URL and its tree's CPU-seconds
+    (:class:`servelab.servers.Server` has both)."""
+
+    url: str
+
+    def cpu_seconds(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class ClosedLoopPoint:
+    """Closed-loop load at one concurrency against one server: the book's one closed-loop result.
+
+    Times in seconds (``*_s``). CPU in cores, CPU-seconds per wall second: ``server_cores`` for
+    the whole server tree, ``client_cores`` for the load generator, ``outside_cores`` for other
+    programs (the most any attempt saw), and ``contended`` if they stayed busy after retries.
+    ``label``, ``path``, ``batch`` and ``python_work`` record what was measured. If a run completed
+    no request, its latencies are infinite. Taught in: chapters/01_latency.ipynb, 02_gil, 04_batching.
+    """
+
+    concurrency: int
+    throughput: float  # successful answers per second
+    mean_s: float
+    p50_s: float
+    p95_s: float
+    p99_s: float
+    completed: int
+    errors: int
+    server_cores: float
+    client_cores: float
+    outside_cores: float = 0.0
+    contended: bool = False
+    tool: str = ""
+    label: str = ""
+    path: str = "/predict"
+    batch: int = 1
+    python_work: int = 0
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        """Server CPU time per answered request, in ms."""
+        return 1e3 * self.server_cores / self.throughput if self.throughput > 0 else float("nan")
+
+    def row(self) -> dict[str, object]:
+        """The point as a table row (ms and cores)."""
+        return {
+            "set-up": self.label, "path": self.path, "batch": self.batch if self.path == "/predict" else "",
+            "concurrency": self.concurrency, "req/s": round(self.throughput, 1), "p50 ms": round(1e3 * self.p50_s, 2),
+            "p99 ms": round(1e3 * self.p99_s, 2), "server cores": round(self.server_cores, 2),
+            "client cores": round(self.client_cores, 2), "CPU ms/req": round(self.cpu_ms_per_request, 2),
+            "other programs' cores": round(self.outside_cores, 2), "errors": self.errors,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ServerRun:
+    """One closed-loop run against a server: the load result, the server tree's CPU-seconds and wall
+    seconds during it, and the outside load (after :func:`servelab.contention.measure_uncontended`)."""
+
+    result: LoadResult
+    server_cpu_s: float
+    wall_s: float
+    outside_cores: float
+    contended: bool
+
+
+def run_against(server: MeasuredServer, concurrency: int, *, path: str = "/predict", body: bytes | None = None,
+                duration_s: float = 1.0, warmup_s: float = 0.3, retries: int = 2, pause: float = 0.5) -> ServerRun:
+    """One closed-loop run on ``server``: POST ``body`` to ``path`` (a GET when ``body`` is None).
+
+    A ``warmup_s`` run comes first, separately, so the server's CPU delta covers the measured run
+    only. The run is repeated (up to ``retries`` times) while other programs take CPU.
+    """
+    kwargs: dict[str, Any] = dict(concurrency=concurrency, method="POST" if body else "GET", body=body,
+                                  headers=JSON_HEADERS if body else None)  # fmt: skip
+    url = server.url + path
+
+    def attempt() -> tuple[LoadResult, float, float]:
+        if warmup_s > 0:
+            closed_loop(url, duration_s=warmup_s, **kwargs)
+        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+        result = closed_loop(url, duration_s=duration_s, **kwargs)
+        return result, server.cpu_seconds() - cpu0, time.perf_counter() - t0
+
+    measured = contention.measure_uncontended(attempt, retries=retries, pause=pause)
+    result, cpu_s, wall_s = measured.value
+    return ServerRun(result, cpu_s, wall_s, measured.outside_cores, measured.contended)
+
+
+def pooled_point(runs: Sequence[ServerRun], **what: Any) -> ClosedLoopPoint:
+    """One point from one or more runs at the same concurrency: requests and seconds add up, latencies
+    are pooled. ``what`` sets ``label``, ``path``, ``batch`` and ``python_work``."""
+    results = [r.result for r in runs]
+    duration = sum(r.duration_s for r in results)
+    latencies = np.concatenate([r.latencies for r in results])
+    # A run starved by other programs may complete no request at all: its percentiles are infinite.
+    s = summarize(latencies) if latencies.size else LatencySummary(0, *[math.inf] * 5)
+    return ClosedLoopPoint(
+        concurrency=results[0].concurrency, throughput=sum(r.succeeded for r in results) / duration,
+        mean_s=s.mean, p50_s=s.p50, p95_s=s.p95, p99_s=s.p99,
+        completed=sum(r.completed for r in results), errors=sum(r.errors for r in results),
+        server_cores=sum(r.server_cpu_s for r in runs) / sum(r.wall_s for r in runs),
+        client_cores=sum(r.client_cpu_cores * r.duration_s for r in results) / duration,
+        outside_cores=max(r.outside_cores for r in runs), contended=any(r.contended for r in runs),
+        tool=results[0].tool, **what,
+    )  # fmt: skip
+
+
+def measure_closed_interleaved(
+    running: Mapping[str, MeasuredServer], concurrency: int, *, path: str = "/predict", batch: int = 1,
+    python_work: int = 0, body: bytes | None = None, duration_s: float = 1.0, warmup_s: float = 0.3,
+    rounds: int = 2, retries: int = 2, pause: float = 0.5, desc: str | None = None,
+) -> dict[str, ClosedLoopPoint]:
+    """The same closed-loop load on several running servers, one at a time, in ``rounds`` short runs each.
+
+    Each server gets ``duration_s`` in total, taken A, B, A, B, …: a machine that is faster for a
+    few seconds favours every server alike, so their ratio is steadier than from runs far apart.
+    ``/predict`` gets a POST of ``body`` (default :func:`predict_body` of ``batch`` rows and
+    ``python_work`` iterations), other paths a GET. ``desc`` shows a progress bar.
+    """
+    if body is None and path == "/predict":
+        body = predict_body(batch, python_work)
+    turns = [(i, label) for i in range(rounds) for label in running]
+    runs: dict[str, list[ServerRun]] = {label: [] for label in running}
+    for i, label in (progress(turns, desc=desc, unit="run") if desc else turns):
+        runs[label].append(run_against(running[label], concurrency, path=path, body=body, duration_s=duration_s / rounds,
+                                       warmup_s=warmup_s if i == 0 else 0.0, retries=retries, pause=pause))  # fmt: skip
+    return {label: pooled_point(r, label=label, path=path, batch=batch, python_work=python_work)
+            for label, r in runs.items()}  # fmt: skip
+
+
+def measure_closed(server: MeasuredServer, concurrency: int, *, label: str = "", **options: Any) -> ClosedLoopPoint:
+    """Closed-loop load at one ``concurrency`` on a running server: throughput, latency, server and
+    client cores, outside load (one run; ``options`` as for :func:`measure_closed_interleaved`).
+
+    >>> point = measure_closed(server, 4, duration_s=2)
+    >>> point.throughput, point.p99_s, point.server_cores
+
+    Taught in: chapters/01_latency.ipynb.
+    """
+    return measure_closed_interleaved({label: server}, concurrency, rounds=1, **options)[label]
+
+
 # --------------------------------------------------------------------------- open loop
 
 
@@ -537,7 +708,7 @@ async def _wait_then_cancel(tasks: list[asyncio.Task], timeout: float) -> None:
 
 async def _open_loop_asyncio(request: dict[str, Any], rate: float, duration_s: float, grace_s: float,
                              warmup_s: float, seed: int, max_in_flight: int) -> OpenLoopResult:
-    async with _new_session(_connection_budget(max_in_flight)) as session:
+    async with new_session(_connection_budget(max_in_flight)) as session:
         if warmup_s > 0:
             await _open_phase(session, request, poisson_schedule(rate, warmup_s, seed + 1), warmup_s, grace_s)
         schedule = poisson_schedule(rate, duration_s, seed)
@@ -784,7 +955,7 @@ def streams_on_schedule(
     order = np.argsort(np.asarray(schedule, dtype=float), kind="stable")
     times = np.asarray(schedule, dtype=float)[order]
     sorted_bodies = [bodies[i] for i in order]
-    coro = _streams_on_schedule(url, times, sorted_bodies, {"Content-Type": "application/json", **(headers or {})},
+    coro = _streams_on_schedule(url, times, sorted_bodies, {**JSON_HEADERS, **(headers or {})},
                                 deadline_s)  # fmt: skip
     run = run_coro(asyncio.wait_for(coro, deadline_s + HARD_CAP_EXTRA_S))
     back = np.empty_like(order)

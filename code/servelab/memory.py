@@ -10,9 +10,12 @@ Taught in: chapters/02_gil.ipynb.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import psutil
+
+if TYPE_CHECKING:  # servers imports this module
+    from servelab.servers import Server
 
 MiB = 2**20
 
@@ -54,6 +57,52 @@ class TreeMemory:
     def mib(self) -> dict[str, float]:
         """Summed RSS, PSS and USS in MiB, for tables."""
         return {"RSS": self.rss / MiB, "PSS": self.pss / MiB, "USS": self.uss / MiB}
+
+
+@dataclass
+class MemorySnapshot:
+    """A server tree's memory: every process, and which of them are workers."""
+
+    setup: str
+    tree: TreeMemory
+    worker_pids: list[int]
+
+    @property
+    def workers(self) -> list[ProcessMemory]:
+        """The workers' entries (gunicorn's master excluded)."""
+        return [p for p in self.tree.processes if p.pid in self.worker_pids]
+
+    def total_mib(self, kind: str = "pss") -> float:
+        """The whole tree's summed ``rss``, ``pss`` or ``uss``, in MiB."""
+        return getattr(self.tree, kind) / MiB
+
+    def workers_mib(self, kind: str = "pss") -> float:
+        """The workers' summed ``rss``, ``pss`` or ``uss``, in MiB."""
+        return sum(getattr(p, kind) for p in self.workers) / MiB
+
+    def row(self) -> dict[str, object]:
+        """Tree totals and worker sums in MiB, as a table row."""
+        return {
+            "set-up": self.setup, "processes": len(self.tree.processes), "workers": len(self.workers),
+            "RSS MiB": round(self.total_mib("rss")), "PSS MiB": round(self.total_mib("pss")),
+            "USS MiB": round(self.total_mib("uss")), "workers' RSS MiB": round(self.workers_mib("rss")),
+            "workers' PSS MiB": round(self.workers_mib("pss")),
+        }  # fmt: skip
+
+
+def measure_memory(server: "Server", setup: str = "") -> MemorySnapshot:
+    """RSS, PSS and USS of every process of a running ``server`` (from /proc/PID/smaps_rollup)."""
+    return MemorySnapshot(setup, server.memory(), list(server.worker_pids))
+
+
+def profiler_memory_mib(server: "Server") -> dict[str, float]:
+    """A server tree's memory by ``memory_profiler.memory_usage`` with each backend, in MiB.
+
+    Keys ``psutil`` (RSS, the default), ``psutil_pss`` and ``psutil_uss``; the
+    root is gunicorn's master, its children are summed in.
+    """
+    root = server.pids[0]
+    return {backend: profiler_memory(root, backend) for backend in ("psutil", "psutil_pss", "psutil_uss")}
 
 
 def process_memory(proc: psutil.Process) -> ProcessMemory:

@@ -38,13 +38,11 @@ def _matmul(n: int) -> Callable[[], object]:
 
 def _seconds_per_call(fn: Callable[[], object], threads: int, calls: int) -> float:
     """Mean seconds per call of ``fn`` over ``calls`` calls with ``threads`` torch threads."""
-    import torch
-
-    torch.set_num_threads(threads)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls
+    with hardware.torch_threads(threads):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - start) / calls
 
 
 def _calls_per_sample(fn: Callable[[], object], threads: int, sample_seconds: float) -> int:
@@ -61,17 +59,11 @@ def measure_matmul_gflops(
 
     The previous torch thread count is restored afterwards.
     """
-    import torch
-
     if n < 1 or threads < 1:
         raise ValueError(f"need n >= 1 and threads >= 1, got n={n}, threads={threads}")
-    previous = torch.get_num_threads()
-    try:
-        fn = _matmul(n)
-        calls = _calls_per_sample(fn, threads, sample_seconds)
-        seconds = [_seconds_per_call(fn, threads, calls) for _ in range(samples)]
-    finally:
-        torch.set_num_threads(previous)
+    fn = _matmul(n)
+    calls = _calls_per_sample(fn, threads, sample_seconds)
+    seconds = [_seconds_per_call(fn, threads, calls) for _ in range(samples)]
     return gflops(n, statistics.median(seconds))
 
 
@@ -97,21 +89,15 @@ def matmul_thread_scaling(
     programs took CPU is measured again (:func:`servelab.contention.measure_uncontended`).
     The previous torch thread count is restored afterwards.
     """
-    import torch
-
     max_threads = max_threads or hardware.usable_cores()
     if n < 1 or max_threads < 1 or rounds < 1:
         raise ValueError(f"need n, max_threads and rounds >= 1, got {n}, {max_threads}, {rounds}")
     counts = range(1, max_threads + 1)
-    previous = torch.get_num_threads()
-    try:
-        fn = _matmul(n)
-        calls = {t: _calls_per_sample(fn, t, sample_seconds) for t in counts}
-        one_round = lambda: {t: _seconds_per_call(fn, t, calls[t]) for t in counts}  # noqa: E731
-        # Two retries a round bound the worst case on a busy machine to about 3 × rounds samples.
-        measured = [contention.measure_uncontended(one_round, retries=2) for _ in range(rounds)]
-    finally:
-        torch.set_num_threads(previous)
+    fn = _matmul(n)
+    calls = {t: _calls_per_sample(fn, t, sample_seconds) for t in counts}
+    one_round = lambda: {t: _seconds_per_call(fn, t, calls[t]) for t in counts}  # noqa: E731
+    # Two retries a round bound the worst case on a busy machine to about 3 × rounds samples.
+    measured = [contention.measure_uncontended(one_round, retries=2) for _ in range(rounds)]
     outside = max(m.outside_cores for m in measured)
     contended = any(m.contended for m in measured)
     points = []

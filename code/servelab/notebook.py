@@ -19,11 +19,18 @@ def glue_all(values: Mapping[str, object]) -> None:
 
 
 def markdown_table(rows: Sequence[Mapping[str, object]], *, digits: int = 2) -> str:
-    """A Markdown table from dicts with the same keys; floats shown with ``digits`` decimals."""
+    """A Markdown table from dicts with the same keys; floats shown with ``digits`` decimals, None as blank.
+
+    The book's one table helper: every chapter and module that shows a table calls it.
+    """
     if not rows:
         return ""
     keys = list(rows[0])
-    cell = lambda v: f"{v:.{digits}f}" if isinstance(v, float) else str(v)  # noqa: E731
+
+    def cell(value: object) -> str:
+        text = "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(r[k]).replace("|", "\\|") for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)

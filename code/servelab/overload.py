@@ -246,7 +246,7 @@ def goodput_sweep(
     slo_s: float,
     label: str = "",
     path: str = "/predict",
-    body: bytes | None = b'{"batch": 1}',
+    body: bytes | None = load.PREDICT_BODY,
     headers: Mapping[str, str] | None = None,
     policy: RetryPolicy = NO_RETRIES,
     duration_s: float = 3.0,
@@ -262,7 +262,7 @@ def goodput_sweep(
     programs took too much CPU is measured again, up to ``retries`` times, and
     flagged ``contended`` if it stayed so.
     """
-    headers = headers or {"Content-Type": "application/json"}
+    headers = headers or load.JSON_HEADERS
     points = []
     for i, rate in enumerate(rates):
         def attempt(rate: float = rate, seed: int = i) -> RetryRunResult:

@@ -6,6 +6,8 @@ axis, and the measured hardware in every caption. Taught in: chapters/00_setup.i
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -109,3 +111,22 @@ def plain_log_axis(axis, ticks=None) -> None:
     else:
         axis.set_minor_formatter(plain)
     axis.set_major_formatter(plain)
+
+
+def grouped_bars(ax: Axes, groups: Sequence[str], series: Mapping[str, Sequence[float]], colors: Sequence[str], *,
+                 fmt: str = "{:.0f}", alphas: Sequence[float] | None = None, hatches: Sequence[str | None] | None = None,
+                 color_by_group: bool = False, fontsize: float = 8) -> None:
+    """Bars for each group (x) and series (side by side), each labelled with its value.
+
+    ``colors`` go one per series, or one per group with ``color_by_group`` (then series differ by
+    ``alphas`` and ``hatches``); ``series`` names label the legend.
+    """
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        color = list(colors) if color_by_group else colors[i % len(colors)]
+        bars = ax.bar(xs, values, width, label=name, color=color, alpha=alphas[i] if alphas else 1.0,
+                      hatch=hatches[i] if hatches else None, edgecolor="white")  # fmt: skip
+        ax.bar_label(bars, [fmt.format(v) for v in values], fontsize=fontsize, padding=2)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.margins(y=0.15)

@@ -10,7 +10,7 @@ and nbconvert execute notebooks through a client that does not offer keyboard
 input (``allow_stdin`` is false in their execute requests), and pytest or a log
 file is not a terminal. So the executed notebooks, and the website built from
 them, hold no bar residue. ``SERVELAB_PROGRESS=1`` (or ``0``) forces bars on (off).
-Taught in: chapters 3 and 4 (their sweeps), through rate_sweep, dag and roofline.
+Taught in: chapters 1 to 4 (their sweeps), through tail, gil, load, dag, roofline and rate_sweep.
 """
 
 from __future__ import annotations

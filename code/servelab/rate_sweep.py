@@ -19,10 +19,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from servelab import claims, contention, load, plots
+from servelab.load import JSON_HEADERS, PREDICT_BODY, ClosedLoopPoint
 from servelab.progress import progress
 from servelab.servers import Server
-
-JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 @dataclass(frozen=True)
@@ -62,43 +61,14 @@ class RatePoint:
         return self.p99_s <= slo_s and self.unfinished == 0 and self.errors == 0
 
 
-@dataclass(frozen=True)
-class ClosedPoint:
-    """One closed-loop run at one concurrency. Times in seconds."""
+def measure_closed(server: Server, concurrency: int, *, path: str = "/predict", body: bytes = PREDICT_BODY,
+                   duration_s: float = 1.5, warmup_s: float = 0.3, retries: int = 1) -> ClosedLoopPoint:
+    """Closed-loop load (wrk when installed) at one concurrency, to set beside the open loop.
 
-    concurrency: int
-    throughput: float
-    mean_s: float
-    p50_s: float
-    p99_s: float
-    completed: int
-    errors: int
-    tool: str
-    outside_cores: float
-    contended: bool
-
-
-def measure_closed(
-    server: Server,
-    concurrency: int,
-    *,
-    path: str = "/predict",
-    body: bytes = b'{"batch": 1}',
-    duration_s: float = 1.5,
-    warmup_s: float = 0.3,
-    retries: int = 1,
-) -> ClosedPoint:
-    """Closed-loop load (wrk when installed) at one concurrency, measured again if other programs were busy."""
-
-    def attempt() -> load.LoadResult:
-        return load.closed_loop(server.url + path, concurrency=concurrency, duration_s=duration_s, method="POST",
-                                body=body, headers=JSON_HEADERS, warmup_s=warmup_s)  # fmt: skip
-
-    measured = contention.measure_uncontended(attempt, retries=retries, pause=0.2)
-    result = measured.value
-    summary = result.summary()
-    return ClosedPoint(concurrency, result.throughput, summary.mean, summary.p50, summary.p99, result.completed,
-                       result.errors, result.tool, measured.outside_cores, measured.contended)  # fmt: skip
+    :func:`servelab.load.measure_closed` with this module's pace: one retry, short pauses.
+    """
+    return load.measure_closed(server, concurrency, path=path, body=body, duration_s=duration_s, warmup_s=warmup_s,
+                               retries=retries, pause=0.2)  # fmt: skip
 
 
 def geometric_rates(start: float, stop: float, count: int) -> list[float]:
@@ -113,7 +83,7 @@ def measure_rate(
     rate: float,
     *,
     path: str = "/predict",
-    body: bytes = b'{"batch": 1}',
+    body: bytes = PREDICT_BODY,
     headers: dict[str, str] | None = None,
     duration_s: float = 3.0,
     warmup_s: float = 0.3,
@@ -290,7 +260,7 @@ def claim_batching_gain(max_rate_batched: float, max_rate_single: float, points:
                                 f"without it {max_rate_single:.0f}/s ({gain:.2f}×); batching should reach at least {bound}×")
 
 
-def claim_closed_loop_hides_queue(closed: ClosedPoint, open_points: Sequence[RatePoint], saturation_rate: float, *,
+def claim_closed_loop_hides_queue(closed: ClosedLoopPoint, open_points: Sequence[RatePoint], saturation_rate: float, *,
                                   bound: float = 2.0) -> claims.Claim:
     """At (or 20% over) the closed loop's best throughput, the open loop's p99 is ≥ ``bound`` × the closed loop's."""
     claim_id = "ch4.closed_loop_hides_queue"
@@ -309,7 +279,7 @@ def claim_closed_loop_hides_queue(closed: ClosedPoint, open_points: Sequence[Rat
              f"({closed.tool}); Poisson arrivals at the server's capacity should queue far longer than the closed loop shows")
 
 
-def describe_open_vs_closed(closed: ClosedPoint, open_points: Sequence[RatePoint], saturation_rate: float) -> str:
+def describe_open_vs_closed(closed: ClosedLoopPoint, open_points: Sequence[RatePoint], saturation_rate: float) -> str:
     """Which open-loop point the figure shows, and why, from the numbers."""
     first = open_points[0]
     if len(open_points) == 1:
@@ -322,7 +292,7 @@ def describe_open_vs_closed(closed: ClosedPoint, open_points: Sequence[RatePoint
 # --------------------------------------------------------------------------- figures (chapter 4)
 
 
-def plot_closed_vs_open(closed: dict[int, ClosedPoint], shown_open: RatePoint, cores: int,
+def plot_closed_vs_open(closed: dict[int, ClosedLoopPoint], shown_open: RatePoint, cores: int,
                         point_s: float) -> "plots.Figure":
     """Closed-loop latency against connections (left); closed against open loop p99 near saturation (right)."""
     fig, (ax1, ax2) = plots.figure(ncols=2)

@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from servelab import claims, contention, microbench, plots, stats
+from servelab import claims, contention, hardware, microbench, plots, stats
 from servelab.apps.mlp import build_mlp, mlp_flops, mlp_weight_bytes
 from servelab.progress import progress
 
@@ -72,23 +72,19 @@ def measure_forward_costs(
     import torch
 
     model = build_mlp(width, depth)
-    previous = torch.get_num_threads()
     points = []
-    try:
-        grid = [(n_threads, batch) for n_threads in threads for batch in batch_sizes]
-        for n_threads, batch in progress(grid, desc="forward-pass costs", unit="batch size"):
-            torch.set_num_threads(n_threads)
-            x = torch.randn(batch, width)
+    grid = [(n_threads, batch) for n_threads in threads for batch in batch_sizes]
+    for n_threads, batch in progress(grid, desc="forward-pass costs", unit="batch size"):
+        x = torch.randn(batch, width)
 
-            def forward() -> float:
-                with torch.inference_mode():
-                    return stats.time_call(lambda: model(x), repeats=repeats, max_seconds=max_seconds).median
+        def forward() -> float:
+            with torch.inference_mode():
+                return stats.time_call(lambda: model(x), repeats=repeats, max_seconds=max_seconds).median
 
+        with hardware.torch_threads(n_threads):
             m = contention.measure_uncontended(forward, retries=2, pause=0.2)
-            points.append(ForwardCost(batch, n_threads, m.value, mlp_flops(batch, width, depth),
-                                      mlp_weight_bytes(width, depth), m.outside_cores, m.contended))  # fmt: skip
-    finally:
-        torch.set_num_threads(previous)
+        points.append(ForwardCost(batch, n_threads, m.value, mlp_flops(batch, width, depth),
+                                  mlp_weight_bytes(width, depth), m.outside_cores, m.contended))  # fmt: skip
     return points
 
 
@@ -100,13 +96,9 @@ def memory_bandwidth_gbs(nbytes: int = 256 * 2**20, threads: int = 1) -> float:
     """
     import torch
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with hardware.torch_threads(threads):
         data = torch.ones(nbytes // 4)
         timing = stats.time_call(data.sum, warmup=1, repeats=5, max_seconds=0.5)
-    finally:
-        torch.set_num_threads(previous)
     return nbytes / timing.median / 1e9
 
 

@@ -22,9 +22,10 @@ import psutil
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from servelab import claims, contention, load, plots
-from servelab.rate_sweep import JSON_HEADERS, RatePoint
+from servelab.load import JSON_HEADERS, PREDICT_BODY
+from servelab.rate_sweep import RatePoint
 
-BODY = b'{"batch": 1}'
+BODY = PREDICT_BODY  # chapter 5a sends it by hand
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 50, 100, 200 on log axes, not 2×10²
 Processes = Callable[[], list[psutil.Process]]
 Classifier = Callable[[psutil.Process], str]

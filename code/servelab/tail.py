@@ -19,7 +19,6 @@ Taught in: chapters/01_latency.ipynb.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, replace
 from typing import Awaitable, Callable, Mapping, Sequence
@@ -30,11 +29,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from servelab import claims, contention, load, plots, servers, stats
+from servelab.notebook import markdown_table
+from servelab.progress import progress
 
-#: The request body every call sends: one synthetic row, made on the server.
-PREDICT_BODY = json.dumps({"batch": 1}).encode()
-_HEADERS = {"Content-Type": "application/json"}
-_TIMEOUT_S = 10.0
 
 
 # --------------------------------------------------------------------------- the arithmetic
@@ -69,15 +66,10 @@ def predicted_page_quantile(call_latencies: Sequence[float], k: int, q: float) -
 async def _post(session: aiohttp.ClientSession, url: str) -> float:
     """POST one prediction; seconds until the whole answer arrived. Raises on an HTTP error."""
     t0 = time.perf_counter()
-    async with session.post(url, data=PREDICT_BODY, headers=_HEADERS) as response:
+    async with session.post(url, data=load.PREDICT_BODY, headers=load.JSON_HEADERS) as response:
         await response.read()
         response.raise_for_status()
     return time.perf_counter() - t0
-
-
-def _session(connections: int) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=connections)  # keep-alive where the server allows it
-    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=_TIMEOUT_S))
 
 
 @dataclass
@@ -93,7 +85,7 @@ class PageRun:
     page_latencies: np.ndarray
     call_latencies: np.ndarray
     duration_s: float
-    client_cpu_cores: float
+    client_cores: float
     outside_cores: float = 0.0
     contended: bool = False
 
@@ -130,11 +122,11 @@ async def _fanout_rounds(
 ) -> dict[int, _PageTally]:
     """Blocks of pages for each k in turn, ``rounds`` times: a slow spell hits every k alike."""
     tallies = {k: _PageTally([]) for k in seconds}
-    async with _session(max(seconds)) as session:
+    async with load.new_session(max(seconds)) as session:
         for k in seconds:
             for _ in range(warmup_pages):
                 await _page(session, url, k)
-        for _ in range(rounds):
+        for _ in progress(range(rounds), desc="fan-out pages", unit="round"):
             for k, total_s in seconds.items():
                 tally = tallies[k]
                 cpu0, start = time.process_time(), time.perf_counter()
@@ -242,11 +234,11 @@ async def _hedge_blocks(
     plain: list[float] = []
     hedged: list[float] = []
     hedges = 0
-    async with _session(4) as session:
+    async with load.new_session(4) as session:
         for _ in range(5):  # warm-up
             await _post(session, url)
         start = time.perf_counter()
-        for _ in range(blocks):
+        for _ in progress(range(blocks), desc="plain and hedged calls", unit="block"):
             if time.perf_counter() - start > max_seconds:
                 break
             for _ in range(calls_per_block):
@@ -292,26 +284,6 @@ def compare_hedging(
 # --------------------------------------------------------------------------- load sweep
 
 
-@dataclass(frozen=True)
-class SweepPoint:
-    """Closed-loop load at one concurrency: throughput (req/s) and latency percentiles (s).
-
-    Taught in: chapters/01_latency.ipynb.
-    """
-
-    concurrency: int
-    throughput: float
-    p50: float
-    p95: float
-    p99: float
-    requests: int
-    errors: int
-    client_cpu_cores: float
-    server_cpu_cores: float
-    outside_cores: float
-    contended: bool
-
-
 def sweep_concurrencies(cores: int, scale: int = 1) -> list[int]:
     """Concurrency levels from 1 to ``4 * cores * scale``, denser at the low end.
 
@@ -330,8 +302,8 @@ def load_sweep(
     duration_s: float = 2.0,
     path: str = "/predict",
     retries: int = 2,
-) -> list[SweepPoint]:
-    """Closed-loop load at each concurrency against a running ``servelab.servers.Server``.
+) -> list[load.ClosedLoopPoint]:
+    """Closed-loop load (:func:`servelab.load.measure_closed`) at each concurrency against a running server.
 
     Each point runs ``duration_s`` after a short warm-up, and is measured again
     while other programs take CPU (:func:`servelab.contention.measure_uncontended`).
@@ -339,10 +311,11 @@ def load_sweep(
     concurrency rises) is measured again too; if it stays broken it is flagged
     ``contended``, so figures draw it hollow. Taught in: chapters/01_latency.ipynb.
     """
-    def measure(c: int) -> SweepPoint:
-        return sweep_point(server, c, duration_s=duration_s, path=path, retries=retries)
+    def measure(c: int) -> load.ClosedLoopPoint:
+        return load.measure_closed(server, c, path=path, duration_s=duration_s, warmup_s=min(0.3, duration_s / 4),
+                                   retries=retries)  # fmt: skip
 
-    points = [measure(c) for c in concurrencies]
+    points = [measure(c) for c in progress(concurrencies, desc="load sweep", unit="concurrency")]
     for _ in range(retries):
         broken = shape_breaks(points)
         if not broken:
@@ -353,24 +326,7 @@ def load_sweep(
     return [replace(p, contended=True) if i in shape_breaks(points) else p for i, p in enumerate(points)]
 
 
-def sweep_point(server: "servers.Server", concurrency: int, *, duration_s: float = 2.0, path: str = "/predict",
-                retries: int = 2) -> SweepPoint:
-    """One closed-loop point: throughput, percentiles, client and server cores, outside load."""
-    def run() -> tuple[load.LoadResult, float]:
-        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-        result = load.closed_loop(server.url + path, concurrency=concurrency, duration_s=duration_s,
-                                  method="POST", body=PREDICT_BODY, headers=_HEADERS,
-                                  warmup_s=min(0.3, duration_s / 4))  # fmt: skip
-        return result, (server.cpu_seconds() - cpu0) / (time.perf_counter() - t0)
-
-    measured = contention.measure_uncontended(run, retries=retries)
-    result, server_cores = measured.value
-    s = result.summary()
-    return SweepPoint(concurrency, result.throughput, s.p50, s.p95, s.p99, result.completed, result.errors,
-                      result.client_cpu_cores, server_cores, measured.outside_cores, measured.contended)
-
-
-def shape_breaks(points: Sequence[SweepPoint], tolerance: float = 0.8) -> list[int]:
+def shape_breaks(points: Sequence[load.ClosedLoopPoint], tolerance: float = 0.8) -> list[int]:
     """Indices of closed-loop points whose throughput fell below ``tolerance`` × the best at lower concurrency.
 
     More connections can only keep a closed-loop server as busy or busier, so such a
@@ -387,26 +343,15 @@ def shape_breaks(points: Sequence[SweepPoint], tolerance: float = 0.8) -> list[i
 # --------------------------------------------------------------------------- tables
 
 
-def markdown_table(rows: Sequence[dict[str, object]]) -> str:
-    """A Markdown table from dicts with the same keys (floats shown with 2 decimals, or as given)."""
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    cell = lambda v: f"{v:.2f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def sweep_table(points: Sequence[SweepPoint]) -> str:
+def sweep_table(points: Sequence[load.ClosedLoopPoint]) -> str:
     """The load sweep as a Markdown table (latencies in ms, CPU in cores).
 
     Taught in: chapters/01_latency.ipynb.
     """
     return markdown_table([{
-        "concurrency": p.concurrency, "requests/s": f"{p.throughput:.0f}", "p50 (ms)": 1e3 * p.p50,
-        "p95 (ms)": 1e3 * p.p95, "p99 (ms)": 1e3 * p.p99, "requests": p.requests, "errors": p.errors,
-        "load generator CPU (cores)": p.client_cpu_cores, "server CPU (cores)": p.server_cpu_cores,
+        "concurrency": p.concurrency, "requests/s": f"{p.throughput:.0f}", "p50 (ms)": 1e3 * p.p50_s,
+        "p95 (ms)": 1e3 * p.p95_s, "p99 (ms)": 1e3 * p.p99_s, "requests": p.completed, "errors": p.errors,
+        "load generator CPU (cores)": p.client_cores, "server CPU (cores)": p.server_cores,
         "other programs (cores)": p.outside_cores,
     } for p in points])  # fmt: skip
 
@@ -421,14 +366,14 @@ def fanout_table(runs: Sequence[PageRun], slow_s: float) -> str:
         "predicted p50 (ms)": 1e3 * r.predicted_percentile(50), "page p99 (ms)": 1e3 * r.page_percentile(99),
         "predicted p99 (ms)": 1e3 * r.predicted_percentile(99),
         f"pages > {1e3 * slow_s:.0f} ms (%)": 100 * float(np.mean(r.page_latencies > slow_s)),
-        "client CPU (cores)": r.client_cpu_cores, "other programs (cores)": r.outside_cores,
+        "client CPU (cores)": r.client_cores, "other programs (cores)": r.outside_cores,
     } for r in runs])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- figures
 
 
-def plot_sweep(points: Sequence[SweepPoint], *, note: str = "") -> Figure:
+def plot_sweep(points: Sequence[load.ClosedLoopPoint], *, note: str = "") -> Figure:
     """The hockey stick: p50/p95/p99 latency against throughput (left) and against concurrency (right).
 
     Taught in: chapters/01_latency.ipynb.
@@ -438,11 +383,11 @@ def plot_sweep(points: Sequence[SweepPoint], *, note: str = "") -> Figure:
     conc = [p.concurrency for p in points]
     busy = [p.contended for p in points]
     for name in ("p50", "p95", "p99"):
-        ms = [1e3 * getattr(p, name) for p in points]
+        ms = [1e3 * getattr(p, f"{name}_s") for p in points]
         plots.line_with_contended(left, x_tp, ms, busy, color=plots.COLORS[name], label=name)
         plots.line_with_contended(right, conc, ms, busy, color=plots.COLORS[name], label=name)
     for p in points:
-        left.annotate(f"c={p.concurrency}", (p.throughput, 1e3 * p.p99), textcoords="offset points",
+        left.annotate(f"c={p.concurrency}", (p.throughput, 1e3 * p.p99_s), textcoords="offset points",
                       xytext=(-8, 6), fontsize=7.5, color="#555555")  # fmt: skip
     left.legend()
     left.set_ylim(bottom=0)
@@ -535,7 +480,7 @@ def _load_note(outside_cores: float) -> str:
     return f" (other programs took up to {outside_cores:.2f} cores)"
 
 
-def claim_sweep_no_errors(points: Sequence[SweepPoint]) -> claims.Claim:
+def claim_sweep_no_errors(points: Sequence[load.ClosedLoopPoint]) -> claims.Claim:
     """The server answered every request of the sweep."""
     errors = [p.errors for p in points]
     return claims.condition(
@@ -544,17 +489,17 @@ def claim_sweep_no_errors(points: Sequence[SweepPoint]) -> claims.Claim:
         fail=f"the server answered with errors during the sweep: {errors}")
 
 
-def claim_sweep_percentiles_ordered(points: Sequence[SweepPoint]) -> claims.Claim:
+def claim_sweep_percentiles_ordered(points: Sequence[load.ClosedLoopPoint]) -> claims.Claim:
     """p99 is at or above p50 at every concurrency (otherwise the percentiles are broken)."""
-    bad = [p for p in points if p.p99 < p.p50]
+    bad = [p for p in points if p.p99_s < p.p50_s]
     return claims.condition(
         "ch1.sweep_p99_above_p50", "At every concurrency of the sweep, p99 is at or above p50.", not bad,
         measured=f"{len(points) - len(bad)} of {len(points)} points", bound="all points",
-        fail="; ".join(f"p99 {p.p99:.4f} s below p50 {p.p50:.4f} s at concurrency {p.concurrency}" for p in bad)
+        fail="; ".join(f"p99 {p.p99_s:.4f} s below p50 {p.p50_s:.4f} s at concurrency {p.concurrency}" for p in bad)
              + ": the percentiles are broken")
 
 
-def claim_sweep_reaches_queue(points: Sequence[SweepPoint], cores: int) -> claims.Claim:
+def claim_sweep_reaches_queue(points: Sequence[load.ClosedLoopPoint], cores: int) -> claims.Claim:
     """The sweep's last point queues 4 requests per usable core, enough to show the hockey stick."""
     top = points[-1].concurrency
     return claims.at_least(
@@ -562,10 +507,10 @@ def claim_sweep_reaches_queue(points: Sequence[SweepPoint], cores: int) -> claim
         unit="", digits=0, fail=f"the sweep should reach 4 × the {cores} usable cores, its last point is at {top}")
 
 
-def claim_p99_grows_under_load(points: Sequence[SweepPoint], cores: int, factor: float = 1.5) -> claims.Claim:
+def claim_p99_grows_under_load(points: Sequence[load.ClosedLoopPoint], cores: int, factor: float = 1.5) -> claims.Claim:
     """p99 at the top concurrency is at least ``factor`` × p99 at the first: queued requests wait."""
     first, top = points[0], points[-1]
-    growth = top.p99 / first.p99
+    growth = top.p99_s / first.p99_s
     return claims.at_least(
         "ch1.p99_grows_under_load",
         f"p99 at concurrency {top.concurrency} is at least {factor:g}× p99 at concurrency {first.concurrency}: "

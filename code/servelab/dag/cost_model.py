@@ -7,15 +7,15 @@ Part of :mod:`servelab.dag`. Taught in: chapters/03_dag.ipynb.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from servelab import contention, stats
+from servelab.stats import fastest_seconds  # noqa: F401 - servelab.dag re-exports it
 from servelab.models import Shape, tokens
 from servelab.dag.latency import LatencyPoint, block_medians, crossover, thread_counts, torch_threads
 
@@ -47,22 +47,6 @@ def count_launched_ops(model: nn.Module, x: torch.Tensor) -> int:
     with torch.no_grad(), Counter():
         model(x)
     return Counter.count
-
-
-def fastest_seconds(fn: Callable[[], object], *, tries: int = 10) -> float:
-    """The fastest of ``tries`` timed calls of ``fn``, after two warm-up calls.
-
-    A rate is what the machine can do, and outside work only ever slows a call
-    down, so we keep the fastest.
-    """
-    fn()
-    fn()
-    best = math.inf
-    for _ in range(tries):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def measure_op_seconds(repeats: int = 7) -> float:

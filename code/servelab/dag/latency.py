@@ -6,30 +6,19 @@ Part of :mod:`servelab.dag`. Taught in: chapters/03_dag.ipynb.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from servelab import contention, hardware
+from servelab.hardware import torch_threads  # noqa: F401 - servelab.dag re-exports it
 from servelab.models import tokens
 from servelab.progress import progress
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads, then restore the previous count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def thread_counts() -> list[int]:
