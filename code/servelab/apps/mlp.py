@@ -8,6 +8,7 @@ Taught in: chapters/02_gil.ipynb.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -52,7 +53,9 @@ def forward_function(model: nn.Sequential, kernel: str = "dense") -> Callable[[t
         return model
     if kernel != "onednn":
         raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
-    from torch.utils.mkldnn import MkldnnLinear
+    with warnings.catch_warnings():  # torch marks the ScriptModule it is written as deprecated, not oneDNN
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.utils.mkldnn import MkldnnLinear
 
     layers = nn.Sequential(*[MkldnnLinear(m, torch.float32) if isinstance(m, nn.Linear) else m for m in model])
     return lambda x: layers(x.to_mkldnn()).to_dense()
