@@ -38,22 +38,50 @@ def test_json_parse_claim_breaks_when_json_is_not_dearer():
     assert claim.outcome == claims.FAILED and "far more" in claim.message
 
 
-def test_batched_vs_gthread_breaks_below_bound_and_skips_when_contended():
+def test_batched_vs_gthread_breaks_below_bound_and_skips_only_on_the_side_that_could_fake_it():
     quiet = [rate_point(100)]
-    assert payload.claim_batched_beats_gthread(300, 60, quiet, slo_ms=100).held
-    assert "within p99" in payload.claim_batched_beats_gthread(80, 60, quiet, slo_ms=100).message
-    busy = payload.claim_batched_beats_gthread(80, 60, [rate_point(100, contended=True)], slo_ms=100)
-    assert busy.skip_kind == "contended" and busy.measured == "1.33×"
+    assert payload.claim_batched_beats_gthread(300, 60, quiet, quiet, slo_ms=100).held
+    broken = payload.claim_batched_beats_gthread(80, 60, quiet, quiet, slo_ms=100)
+    assert broken.outcome == claims.FAILED and "within p99" in broken.message and "1.33×" in broken.message
+    busy = [rate_point(100, contended=True)]
+    slow_batching = payload.claim_batched_beats_gthread(80, 60, busy, quiet, slo_ms=100)
+    assert slow_batching.skip_kind == "contended" and slow_batching.measured == "1.33×"
+    assert payload.claim_batched_beats_gthread(300, 60, busy, quiet, slo_ms=100).held  # load only slows batching
+    assert payload.claim_batched_beats_gthread(300, 60, quiet, busy, slo_ms=100).skip_kind == "contended"
 
 
-def test_ceiling_gap_parts_sum_to_the_ceiling_and_the_claim_breaks_far_below_it():
-    gap = payload.ceiling_gap(400.0, 300.0, cpu("binary", 0.06, forward_ms=2.7))
-    assert math.isclose(sum(gap.parts().values()), 400.0)
+def gap_at(achieved: float, *, forward_ms: float = 2.7, rate: float = 300.0, served: float = 0.0) -> payload.CeilingGap:
+    best = CpuPerRequest("binary", rate, 300, 16.0, 3.5, forward_ms, 0.1, 0.06, 0.05, 0.0, False)
+    return payload.CeilingGap(400.0, achieved, best, 0.2, served)
+
+
+def test_ceiling_gap_splits_each_thread_s_time_per_request():
+    gap = gap_at(300.0, forward_ms=2.7, rate=250.0)
     assert math.isclose(gap.fraction, 0.75) and math.isclose(gap.thread_limit, 1e3 / 2.8)
-    assert payload.claim_near_ceiling(gap, [rate_point(300)], None).held
-    low = payload.ceiling_gap(400.0, 100.0, cpu("binary", 0.06, forward_ms=2.7))
-    assert "in-process ceiling" in payload.claim_near_ceiling(low, [rate_point(100)], None).message
-    assert payload.claim_near_ceiling(low, [rate_point(100)], 1.2).skip_kind == "contended"
+    thread = gap.thread_parts_ms()
+    assert math.isclose(sum(thread.values()), gap.window_ms) and math.isclose(gap.window_ms, 4.0)
+    assert math.isclose(thread["forward pass, as full batches in process"], 2.5)
+    assert math.isclose(thread["forward pass beyond full batches"], 0.2)
+    assert math.isclose(sum(gap.loop_parts_ms().values()), 4.0)
+    assert math.isclose(gap_at(300.0, served=200.0).window_ms, 5.0)  # the answers' pace, when known
+    busy = gap_at(300.0, forward_ms=5.0, rate=250.0)  # busier than the window: no idle time, never negative
+    assert busy.thread_parts_ms()["idle (headroom for the objective)"] == 0.0
+    assert "more than full batches" in payload.describe_gap(gap)
+
+
+def test_near_ceiling_claim_breaks_far_below_it_and_skips_on_a_contended_ceiling():
+    assert payload.claim_near_ceiling(gap_at(300.0), [rate_point(300)], None).held
+    low = payload.claim_near_ceiling(gap_at(100.0), [rate_point(100)], None)
+    assert low.outcome == claims.FAILED and "in-process ceiling of 400/s (25%)" in low.message
+    assert payload.claim_near_ceiling(gap_at(100.0), [rate_point(100, contended=True)], None).skip_kind == "contended"
+    assert payload.claim_near_ceiling(gap_at(300.0), [rate_point(300, contended=True)], None).held
+    assert payload.claim_near_ceiling(gap_at(300.0), [rate_point(300)], 1.2).skip_kind == "contended"
+
+
+def test_best_point_is_the_fastest_within_the_objective():
+    slow = RatePoint(500, 100, 100, 0, 0, 100, 0, 500, 0.2, 0.3, 0.001, 0.05, 1.0, 0.0, False, 1)
+    points = [rate_point(100), rate_point(300), slow]
+    assert payload.best_point(points, 0.1).rate == 300 and payload.best_point([slow], 0.1).rate == 500
 
 
 def test_shedding_claim_breaks_when_goodput_falls_past_saturation():
@@ -96,3 +124,21 @@ def test_overload_claims_skip_when_the_saturation_rate_was_measured_contended():
     barely = goodput_point(200, 80, attempts=210)
     assert overload.claim_naive_retries_multiply_load(barely, saturation_busy=1.1).skip_kind == "contended"
     assert overload.claim_naive_retries_multiply_load(goodput_point(200, 80, attempts=500), saturation_busy=1.1).held
+
+
+def test_the_onednn_kernel_computes_the_same_model():
+    import torch
+
+    from servelab.apps.mlp import build_mlp, forward_function
+
+    model = build_mlp(64, 3)
+    x = torch.randn(5, 64)
+    with torch.inference_mode():
+        assert torch.allclose(forward_function(model, "onednn")(x), model(x), atol=1e-4)
+        assert forward_function(model, "dense") is model
+    try:
+        forward_function(model, "fast")
+    except ValueError as exc:
+        assert "dense, onednn" in str(exc)
+    else:
+        raise AssertionError("an unknown kernel must be refused")

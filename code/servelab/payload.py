@@ -14,6 +14,7 @@ Taught in: chapters/04b_payloads_overload.ipynb.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -106,38 +107,70 @@ def measure_cpu_per_request(server: Server, payload: str, rate: float, *,
 
 @dataclass(frozen=True)
 class CeilingGap:
-    """The batching server's best rate within the SLO against the in-process ceiling, in requests/s.
+    """The batching server's best rate within the SLO against the in-process ceiling, in requests/s,
+    and where each request's time went at the best rate that met the objective.
 
     The batching thread is the bottleneck: at ``thread_ms`` of its CPU per request (forward plus
     forming batches) it could answer ``thread_limit`` requests/s if it never idled; the in-process
-    ceiling assumes every batch full, at ``ceiling_ms`` per input and nothing else.
+    ceiling assumes every batch full, at ``ceiling_ms`` per input and nothing else. The event loop
+    (parsing, HTTP) runs beside it on the other core, which it shares with the load generator
+    (``client_ms`` of CPU per request).
     """
 
     ceiling: float
     achieved: float
-    ceiling_ms: float
-    thread_ms: float
+    at_best: CpuPerRequest
+    client_ms: float = 0.0
+    served_rate: float = 0.0  # answers per second at the best point (0: take its offered rate)
+
+    @property
+    def ceiling_ms(self) -> float:
+        return 1e3 / self.ceiling
+
+    @property
+    def thread_ms(self) -> float:
+        return self.at_best.forward_ms + self.at_best.batching_ms
 
     @property
     def thread_limit(self) -> float:
-        return 1e3 / self.thread_ms
+        return 1e3 / self.thread_ms if self.thread_ms > 0 else math.inf
 
     @property
     def fraction(self) -> float:
         """The achieved share of the ceiling."""
         return self.achieved / self.ceiling
 
-    def parts(self) -> dict[str, float]:
-        """The ceiling split into the rate achieved and the two losses (requests/s, summing to it)."""
-        limit = min(self.thread_limit, self.ceiling)
-        return {"answered within the objective": self.achieved,
-                "batching thread idle (headroom for the objective)": max(0.0, limit - self.achieved),
-                "slower per request than the full batches in process": self.ceiling - max(limit, self.achieved)}  # fmt: skip
+    @property
+    def window_ms(self) -> float:
+        """Wall-clock milliseconds between two answers at the best rate that met the objective."""
+        return 1e3 / (self.served_rate or self.at_best.rate)
+
+    def thread_parts_ms(self) -> dict[str, float]:
+        """The batching thread's wall time per request at the best rate, by part (sums to ``window_ms``
+        unless the thread was busier than that)."""
+        b = self.at_best
+        return {"forward pass, as full batches in process": min(b.forward_ms, self.ceiling_ms),
+                "forward pass beyond full batches": max(0.0, b.forward_ms - self.ceiling_ms),
+                "forming batches": b.batching_ms,
+                "idle (headroom for the objective)": max(0.0, self.window_ms - self.thread_ms)}  # fmt: skip
+
+    def loop_parts_ms(self) -> dict[str, float]:
+        """The event loop's wall time per request at the best rate, by part."""
+        b = self.at_best
+        return {"parsing the body": b.parse_ms, "HTTP and event loop": b.event_loop_ms,
+                "idle": max(0.0, self.window_ms - b.parse_ms - b.event_loop_ms)}  # fmt: skip
 
 
-def ceiling_gap(ceiling: float, achieved: float, at_best: CpuPerRequest) -> CeilingGap:
-    """The gap between ``ceiling`` and ``achieved`` (requests/s), from the CPU split at the best point."""
-    return CeilingGap(ceiling, achieved, 1e3 / ceiling, at_best.forward_ms + at_best.batching_ms)
+def ceiling_gap(ceiling: float, achieved: float, best: rate_sweep.RatePoint, payload: str = "binary") -> CeilingGap:
+    """The gap between ``ceiling`` and ``achieved`` (requests/s), from the CPU split at ``best``, the
+    highest rate that met the objective (its ``batch_stats`` from :func:`cpu_accounting`)."""
+    client_ms = best.client_cpu_cores * 1e3 / best.rate if best.rate > 0 else 0.0
+    return CeilingGap(ceiling, achieved, cpu_split(payload, best), client_ms, best.achieved_rate)
+
+
+def best_point(points: Sequence[rate_sweep.RatePoint], slo_s: float) -> rate_sweep.RatePoint:
+    """The highest-rate point that met the objective (the lowest-rate point if none did)."""
+    return max((p for p in points if p.meets(slo_s)), key=lambda p: p.rate, default=min(points, key=lambda p: p.rate))
 
 
 # --------------------------------------------------------------------------- claims (the chapter's check cell)
@@ -160,9 +193,15 @@ def claim_json_parse_costs_more(json_point: CpuPerRequest, binary_point: CpuPerR
              "far more than taking 16 KB of bytes as they are")  # fmt: skip
 
 
-def claim_batched_beats_gthread(batched_rate: float, gthread_rate: float, points: Sequence[rate_sweep.RatePoint], *,
-                                slo_ms: float, bound: float = 1.5) -> claims.Claim:  # fmt: skip
-    """With binary payloads the batching server sustains ≥ ``bound`` × the gthread server's rate within the SLO."""
+def claim_batched_beats_gthread(batched_rate: float, gthread_rate: float,
+                                batched_points: Sequence[rate_sweep.RatePoint],
+                                gthread_points: Sequence[rate_sweep.RatePoint], *, slo_ms: float,
+                                bound: float = 1.5) -> claims.Claim:  # fmt: skip
+    """With binary payloads the batching server sustains ≥ ``bound`` × the gthread server's rate within the SLO.
+
+    Other programs' load on the batching server's points can only lower the ratio, so a failure there is a
+    skip and a pass stands; on gthread's points it could raise it, so then the claim is skipped either way.
+    """
     claim_id = "ch4b.batched_vs_gthread_binary"
     sentence = (f"With binary payloads, the batching server sustains ≥ {bound:g}× the gthread server's rate within "
                 f"p99 ≤ {slo_ms:g} ms.")
@@ -171,16 +210,17 @@ def claim_batched_beats_gthread(batched_rate: float, gthread_rate: float, points
                             fail=f"the batching server sustained {batched_rate:.0f}/s and gthread {gthread_rate:.0f}/s "
                                  f"({ratio:.2f}×) within p99 ≤ {slo_ms:g} ms with binary payloads; batches of 16 or "
                                  "more should cost several times less per input than gthread's batches of one")  # fmt: skip
-    busy = [p.outside_cores for p in points if p.contended]
-    return _skip_if(claim, busy, len(points))
+    claim = _skip_if(claim, [p.outside_cores for p in gthread_points if p.contended], len(gthread_points))
+    return claims.unless_contended(claim, _most([p.outside_cores for p in batched_points if p.contended]))
 
 
 def claim_near_ceiling(gap: CeilingGap, points: Sequence[rate_sweep.RatePoint], ceiling_outside_cores: float | None,
-                       *, bound: float = 0.5) -> claims.Claim:  # fmt: skip
+                       *, bound: float = 0.6) -> claims.Claim:  # fmt: skip
     """With binary payloads the batching server reaches ≥ ``bound`` of the in-process batched ceiling.
 
     ``ceiling_outside_cores``: other programs' load while the in-process ceiling was timed, if it was
-    contended (None if quiet); a slowed ceiling makes the share look larger, so then it is skipped too.
+    contended (None if quiet); a slowed ceiling makes the share look larger, so then the claim is skipped
+    either way. Load during the sweep can only lower the share: a failure then is a skip, a pass stands.
     """
     claim = claims.at_least(
         "ch4b.binary_near_ceiling", f"With binary payloads the batching server reaches ≥ {bound:.0%} of the in-process "
@@ -188,14 +228,17 @@ def claim_near_ceiling(gap: CeilingGap, points: Sequence[rate_sweep.RatePoint], 
         fail=f"it sustained {gap.achieved:.0f}/s within the objective against an in-process ceiling of "
              f"{gap.ceiling:.0f}/s ({gap.fraction:.0%}); its batching thread spent {gap.thread_ms:.2f} ms per request "
              f"against {gap.ceiling_ms:.2f} ms in process")  # fmt: skip
-    busy = [p.outside_cores for p in points if p.contended]
     if ceiling_outside_cores is not None:
-        busy.append(ceiling_outside_cores)
-    return _skip_if(claim, busy, len(points) + 1)
+        claim = _skip_if(claim, [ceiling_outside_cores], 1)
+    return claims.unless_contended(claim, _most([p.outside_cores for p in points if p.contended]))
+
+
+def _most(busy: Sequence[float]) -> float | None:
+    return max(busy) if busy else None
 
 
 def _skip_if(claim: claims.Claim, busy: Sequence[float], total: int) -> claims.Claim:
-    """Skip a ratio of two sweeps when points stayed contended: outside load on either side can move it."""
+    """Skip a ratio when a measurement on the side that could fake it stayed contended."""
     if not busy:
         return claim
     return claims.skipped(claim.id, claim.sentence, kind="contended", measured=claim.measured, bound=claim.bound,
@@ -229,8 +272,8 @@ def plot_cpu_per_request(points: Sequence[CpuPerRequest]) -> "plots.Figure":
 
 def plot_binary_sweeps(sweeps: Mapping[str, tuple[Sequence[rate_sweep.RatePoint], float, str]], gap: CeilingGap,
                        slo_ms: float, point_s: float) -> "plots.Figure":  # fmt: skip
-    """p99 against offered rate per server with the ceiling (left); the ceiling split into what was reached
-    and where the rest went (right)."""
+    """p99 against offered rate per server with the ceiling (left); where each request's time went at the
+    batching server's best rate within the objective, per thread, against the in-process ceiling (right)."""
     fig, (ax1, ax2) = plots.figure(ncols=2)
     top_ms = 5 * slo_ms
     for name, (points, best, color) in sweeps.items():
@@ -245,16 +288,25 @@ def plot_binary_sweeps(sweeps: Mapping[str, tuple[Sequence[rate_sweep.RatePoint]
     ax1.set_ylim(top=top_ms * 1.15)
     ax1.legend(fontsize=8)
     plots.label(ax1, "offered rate (requests/s, Poisson)", "p99 latency (ms, open loop)", "Binary payloads")
-    bottom = 0.0
-    for (part, value), color in zip(gap.parts().items(), [plots.COLORS["batched"], plots.COLORS["throughput"],
-                                                            plots.COLORS["p99"]]):  # fmt: skip
-        ax2.bar(["batching server"], [value], bottom=bottom, color=color, label=f"{part}: {value:.0f}/s")
-        bottom += value
-    ax2.legend(fontsize=8, loc="lower center")
-    plots.label(ax2, "", "requests/s (the bar's height is the in-process ceiling)", "Where the ceiling goes")
+    idle = "#dddddd"
+    bars = {"batching thread": (gap.thread_parts_ms(), [plots.COLORS["batched"], plots.COLORS["rnn_fused"],
+                                                        plots.COLORS["adaptive"], idle]),
+            "event loop": (gap.loop_parts_ms(), [plots.COLORS["p99"], plots.COLORS["threads"], idle])}  # fmt: skip
+    for name, (parts, colors) in bars.items():
+        bottom = 0.0
+        for (part, value), color in zip(parts.items(), colors):
+            label = f"{part}: {value:.2f} ms" if not part.startswith("idle") or name == "batching thread" else None
+            ax2.bar([name], [value], bottom=bottom, color=color, label=label)
+            bottom += value
+    ax2.axhline(gap.ceiling_ms, color=plots.COLORS["predicted"], ls="--", lw=1,
+                label=f"in-process full batch: {gap.ceiling_ms:.2f} ms per input")
+    ax2.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    plots.label(ax2, "", f"wall-clock ms per request ({1e3 / gap.window_ms:.0f} answers/s)",
+                f"Where a request's time goes (mean batch {gap.at_best.mean_batch:.1f})")
     every = [p for points, _, _ in sweeps.values() for p in points]
     plots.caption(fig, f"Dotted: highest rate within the objective. {point_s:g} s of traffic per point; points on the "
-                  "top edge had a larger p99. Ceiling: max_batch ÷ in-process pass time at max_batch. "
+                  "top edge had a larger p99. Ceiling: max_batch ÷ in-process pass time at max_batch, same kernel. "
+                  "Right: per-thread CPU clocks (/stats) and the process tree, per answered request; grey is idle. "
                   + plots.contended_note(every))
     return fig
 
@@ -280,17 +332,47 @@ def describe_payload_cost(json_low: CpuPerRequest, binary_low: CpuPerRequest, js
             f"{json_load.off_forward_ms:.2f} ms and a binary one {binary_load.off_forward_ms:.2f} ms.")
 
 
-def describe_gap(gap: CeilingGap, at_best: CpuPerRequest) -> str:
+def describe_gap(gap: CeilingGap) -> str:
     """Where the rate between the ceiling and what was reached went, in words that follow the numbers."""
-    _, idle, slower = gap.parts().values()
+    b = gap.at_best
+    extra = b.forward_ms - gap.ceiling_ms
     text = (f"At that cost per request the batching thread could answer at most {gap.thread_limit:.0f} requests/s "
             f"if it never idled. ")
-    if slower > 0:
-        text += (f"So {slower:.0f} requests/s of the ceiling are lost to batches smaller than full "
-                 f"ones (a mean of {at_best.mean_batch:.1f} at the best rate) "
-                 "and to forward passes slower than in process, beside an event loop and a load generator. ")
+    if extra > 0:
+        text += (f"Its forward passes cost {b.forward_ms:.2f} ms per request, {extra:.2f} ms more than full batches "
+                 f"in process: batches of {b.mean_batch:.1f} on average, smaller than the full ones the ceiling "
+                 "assumes, computed beside an event loop and a load generator. ")
     else:
         text += "Its batches cost no more per request than full ones in process. "
-    text += (f"Another {idle:.0f} requests/s are the batching thread's idle time: the headroom that keeps p99 "
-             "within the objective when Poisson bursts arrive.")
+    idle = gap.thread_parts_ms()["idle (headroom for the objective)"]
+    text += (f"The other {idle:.2f} ms of the {gap.window_ms:.2f} ms between requests it idled: the headroom that "
+             "keeps p99 within the objective when Poisson bursts arrive.")
     return text
+
+
+def describe_kernels(costs: Mapping[str, Mapping[int, Any]], max_batch: int, slo_ms: float) -> str:
+    """What each kernel's pass costs between batch 1 and ``max_batch``, and which batches fit half the objective.
+
+    ``costs``: ``{kernel: {batch: ForwardCost}}`` (:func:`servelab.roofline.measure_forward_costs`).
+    """
+    sentences = []
+    for kernel, by_batch in costs.items():
+        one, full = by_batch[1], by_batch[max_batch]
+        middle = [b for b in sorted(by_batch) if 1 < b < max_batch]
+        per_input = ", ".join(f"{by_batch[b].per_sample_s * 1e3:.2f} ms at {b}" for b in middle)
+        fits = [b for b in sorted(by_batch) if by_batch[b].seconds * 2e3 <= slo_ms]
+        sentences.append(
+            f"With the {kernel} kernel a pass took {one.seconds * 1e3:.1f} ms at batch 1 and {full.seconds * 1e3:.1f} ms "
+            f"at {max_batch} ({full.per_sample_s * 1e3:.2f} ms per input); per input, {per_input}. Two passes fit "
+            f"within {slo_ms:g} ms up to a batch of {max(fits) if fits else 0} of those measured"
+            + (" (contended)" if any(c.contended for c in by_batch.values()) else "") + ".")
+    return " ".join(sentences)
+
+
+def describe_ratios(gap: CeilingGap, gthread_rate: float, slo_ms: float) -> str:
+    """The section's two ratios against what the issue asked (2.5× gthread, 70% of the ceiling), for the log."""
+    ratio = gap.achieved / gthread_rate if gthread_rate > 0 else float("inf")
+    return (f"binary payloads: batching {gap.achieved:.0f}/s, gthread {gthread_rate:.0f}/s within p99 ≤ {slo_ms:g} ms "
+            f"({ratio:.2f}×; the issue asks 2.5×), {gap.fraction:.0%} of the in-process ceiling {gap.ceiling:.0f}/s "
+            f"(the issue asks 70%); batching thread {gap.thread_ms:.2f} ms per request against {gap.ceiling_ms:.2f} ms "
+            f"in process, mean batch {gap.at_best.mean_batch:.1f} at {gap.at_best.rate:.0f}/s")

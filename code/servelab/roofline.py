@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from servelab import claims, contention, hardware, microbench, plots, stats
-from servelab.apps.mlp import build_mlp, mlp_flops, mlp_weight_bytes
+from servelab.apps.mlp import build_mlp, forward_function, mlp_flops, mlp_weight_bytes
 from servelab.progress import progress
 
 
@@ -62,16 +62,18 @@ def measure_forward_costs(
     depth: int = 4,
     repeats: int = 3,
     max_seconds: float = 0.5,
+    kernel: str = "dense",
 ) -> list[ForwardCost]:
     """Time the MLP's forward pass at every batch size and torch thread count.
 
     Each point is the median of ``repeats`` calls after a warm-up call, and is
     measured again if other programs loaded the machine meanwhile. torch's
-    thread count is restored afterwards.
+    thread count is restored afterwards. ``kernel``: how the pass multiplies
+    (:data:`servelab.apps.mlp.KERNELS`), as a server started with the same one does.
     """
     import torch
 
-    model = build_mlp(width, depth)
+    model = forward_function(build_mlp(width, depth), kernel)
     points = []
     grid = [(n_threads, batch) for n_threads in threads for batch in batch_sizes]
     for n_threads, batch in progress(grid, desc="forward-pass costs", unit="batch size"):

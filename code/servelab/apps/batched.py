@@ -1,7 +1,7 @@
 """The MLP behind a dynamic batcher, served by aiohttp in one process.
 
 Run it as ``python -m servelab.apps.batched --port P [--max-batch 32]
-[--max-wait-ms 2] [--target-ms T] [--max-queue N] [--deadline-ms D]``, or
+[--max-wait-ms 2] [--target-ms T] [--max-queue N] [--deadline-ms D] [--kernel dense|onednn]``, or
 start it from a notebook with :func:`start`. One event loop parses requests
 (the same JSON as ``servelab.apps.predict``, validated by the same
 ``parse_inputs`` in :mod:`servelab.apps.validation`) and hands
@@ -84,27 +84,30 @@ def build_app(
     *,
     max_queue: int | None = None,
     deadline_ms: float | None = None,
+    kernel: str = "dense",
 ) -> "web.Application":
     """The aiohttp application with its model loaded and its batcher running.
 
     ``max_queue`` and ``deadline_ms`` (both off by default) are the batcher's
-    overload protection: see :mod:`servelab.batching`.
+    overload protection: see :mod:`servelab.batching`. ``kernel`` is how the
+    forward pass multiplies (:data:`servelab.apps.mlp.KERNELS`).
     """
     import torch
     from aiohttp import web
 
     from servelab.apps import oip
     from servelab.apps.common import MODEL, configure_torch_threads, env_int
+    from servelab.apps.mlp import forward_function
     from servelab.apps.validation import RequestError, check_body_complete, check_body_size, validate_predict_body
     from servelab.batching import AIMD, BatcherClosed, DeadlineExceeded, DynamicBatcher, QueueFull
 
     configure_torch_threads()
-    model = MODEL.load()
+    run_model = forward_function(MODEL.load(), kernel)
     max_body = env_int("SERVELAB_MAX_BODY_BYTES", 8 * 2**20)
 
     def forward(inputs: list[torch.Tensor]) -> list[dict[str, Any]]:
         with torch.inference_mode():
-            top = model(torch.cat(inputs)).argmax(dim=1).tolist()
+            top = run_model(torch.cat(inputs)).argmax(dim=1).tolist()
         rows = len(top)
         answers, start = [], 0
         for x in inputs:
@@ -238,7 +241,7 @@ def build_app(
 
     async def health(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "pid": os.getpid(), "model_loaded": MODEL.model is not None,
-                                  "torch_threads": torch.get_num_threads()})  # fmt: skip
+                                  "torch_threads": torch.get_num_threads(), "kernel": kernel})  # fmt: skip
 
     def all_stats() -> dict[str, Any]:
         return {**batcher.stats(), **parsing.stats()}
@@ -297,9 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-ms", type=float, default=None, help="AIMD batch-time target (off if absent)")
     parser.add_argument("--max-queue", type=int, default=None, help="queue bound; 503 beyond it (unbounded if absent)")
     parser.add_argument("--deadline-ms", type=float, default=None, help="default per-request deadline (none if absent)")
+    parser.add_argument("--kernel", default="dense", help="how the forward pass multiplies: dense or onednn")
     args = parser.parse_args(argv)
     app = build_app(args.max_batch, args.max_wait_ms, args.target_ms, max_queue=args.max_queue,
-                    deadline_ms=args.deadline_ms)  # fmt: skip
+                    deadline_ms=args.deadline_ms, kernel=args.kernel)  # fmt: skip
     ready_dir = os.environ.get("SERVELAB_READY_DIR")
     if ready_dir:
         Path(ready_dir, str(os.getpid())).touch()
@@ -313,13 +317,15 @@ def start(
     target_ms: float | None = None,
     max_queue: int | None = None,
     deadline_ms: float | None = None,
+    kernel: str = "dense",
     torch_threads: int | str = 1,
     env: Mapping[str, str] | None = None,
     ready_timeout: float = 120.0,
 ) -> servers.Server:
     """Start the batching server as a guarded process on a free port; returns once it answers.
 
-    ``max_queue`` and ``deadline_ms`` switch on load shedding and deadlines (off by default).
+    ``max_queue`` and ``deadline_ms`` switch on load shedding and deadlines (off by default);
+    ``kernel="onednn"`` runs the forward pass on oneDNN (see :func:`servelab.apps.mlp.forward_function`).
     """
     port = servers.free_port()
     cmd = [sys.executable, "-m", "servelab.apps.batched", "--port", str(port),
@@ -330,8 +336,10 @@ def start(
         cmd += ["--max-queue", str(max_queue)]
     if deadline_ms is not None:
         cmd += ["--deadline-ms", str(deadline_ms)]
+    if kernel != "dense":
+        cmd += ["--kernel", kernel]
     full_env = {**servers.torch_thread_env(torch_threads), **(env or {})}
-    name = f"batched-{max_batch}" + (f"-aimd{target_ms:g}" if target_ms else "")
+    name = f"batched-{max_batch}" + (f"-aimd{target_ms:g}" if target_ms else "") + ("" if kernel == "dense" else f"-{kernel}")
     return servers.start(cmd, port=port, name=name, env=full_env, ready_timeout=ready_timeout)
 
 

@@ -8,6 +8,9 @@ Taught in: chapters/02_gil.ipynb.
 
 from __future__ import annotations
 
+import warnings
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -31,3 +34,28 @@ def mlp_weight_bytes(width: int = 4096, depth: int = 4) -> int:
 def mlp_flops(batch: int, width: int = 4096, depth: int = 4) -> int:
     """Floating-point operations of one forward pass (2 per multiply-add)."""
     return 2 * batch * depth * width * width
+
+
+#: How a forward pass multiplies: torch's dense matmul (``addmm`` on the BLAS torch was built with, MKL on
+#: the book's machines), or oneDNN's inner product on weights converted once to oneDNN tensors.
+KERNELS = ("dense", "onednn")
+
+
+def forward_function(model: nn.Sequential, kernel: str = "dense") -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> model(x)`` computed with ``kernel`` (see :data:`KERNELS`); the same numbers up to rounding.
+
+    MKL's sgemm on one thread costs nearly a batch-32 pass already at 8 rows (about 3× a batch-1 pass,
+    which takes a matrix-vector path), so the batches a latency objective allows cost several times
+    more per input than full ones. oneDNN's inner product grows steadily with the batch instead.
+    ``"onednn"`` keeps a second copy of the weights (oneDNN tensors); ``model`` itself is unchanged.
+    """
+    if kernel == "dense":
+        return model
+    if kernel != "onednn":
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    with warnings.catch_warnings():  # torch marks the ScriptModule it is written as deprecated, not oneDNN
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torch.utils.mkldnn import MkldnnLinear
+
+    layers = nn.Sequential(*[MkldnnLinear(m, torch.float32) if isinstance(m, nn.Linear) else m for m in model])
+    return lambda x: layers(x.to_mkldnn()).to_dense()
