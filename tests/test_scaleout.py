@@ -107,6 +107,18 @@ def test_autoscaler_claim_and_times():
     assert scaleout.scaled_down_at(late_up, high) is None  # the scale-down must follow the scale-up
 
 
+def test_autoscaler_scaled_down_claim():
+    high = Phase(3, 30, 10)
+    good = step_timeline([(0, {"RUNNING": 1}), (8, {"RUNNING": 2}), (15, {"RUNNING": 1, "STOPPING": 1}),
+                          (17, {"RUNNING": 1}), (22, {"RUNNING": 1})])
+    claim = scaleout.claim_autoscaler_scaled_down(good, high)
+    assert claim.held and claim.measured == "4.0 s after the step"
+    stays = step_timeline([(0, {"RUNNING": 1}), (8, {"RUNNING": 2}), (15, {"RUNNING": 1, "STOPPING": 1}),
+                           (22, {"RUNNING": 2})])  # a replica still stopping is not one fewer
+    failed = scaleout.claim_autoscaler_scaled_down(stays, high)
+    assert failed.outcome == claims.FAILED and "should have removed the extra replica" in failed.message
+
+
 def test_recovery_claim():
     assert scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 3, 4, 3.5, 5)).held
     too_many = scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 9, 4, 3.5, 5))

@@ -323,6 +323,18 @@ def claim_autoscaler_scaled_up(timeline: Timeline, high: Phase, *, top: int = 2,
              f"have added a replica during the step")
 
 
+def claim_autoscaler_scaled_down(timeline: Timeline, high: Phase, *, bottom: int = 1) -> claims.Claim:
+    """After the step the deployment went back to ``bottom`` replicas before the run ended."""
+    down = scaled_down_at(timeline, high, bottom=bottom)
+    end = high.start_s + high.seconds
+    return claims.condition(
+        "ch5.autoscaler_scaled_down", f"After the load step the autoscaler took the deployment back to {bottom} replica.",
+        down is not None, measured="never" if down is None else f"{down - end:.1f} s after the step",
+        bound=f"before the run ended, {timeline.samples[-1][0] - end:.0f} s after the step" if timeline.samples else "",
+        fail=f"replicas over time: {[(round(t, 1), s) for t, s in timeline.samples[::4]]}; the autoscaler should "
+             f"have removed the extra replica once the load came back down")
+
+
 def claim_recovers_after_kill(outcome: FaultOutcome, *, slack: int = 2) -> claims.Claim:
     """After a replica kill the deployment is back to full strength, and failures ≤ in-flight + ``slack``."""
     ok = outcome.recovery_s is not None and outcome.failed <= outcome.in_flight + slack
