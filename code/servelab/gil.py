@@ -29,7 +29,6 @@ from typing import Callable, Mapping, Sequence, TypeVar
 from servelab import load, memory, plots, servers
 from servelab.load import ClosedLoopPoint, predict_body
 from servelab.memory import MemorySnapshot, measure_memory, profiler_memory_mib
-from servelab.notebook import markdown_table as table  # noqa: F401 - chapters 5a and 5b call gil.table
 from servelab.progress import progress
 
 MiB = memory.MiB

@@ -25,7 +25,6 @@ from servelab import claims, contention, load, plots
 from servelab.load import JSON_HEADERS, PREDICT_BODY
 from servelab.rate_sweep import RatePoint
 
-BODY = PREDICT_BODY  # chapter 5a sends it by hand
 PLAIN = FuncFormatter(lambda value, _: f"{value:g}")  # 50, 100, 200 on log axes, not 2×10²
 Processes = Callable[[], list[psutil.Process]]
 Classifier = Callable[[psutil.Process], str]
@@ -87,7 +86,7 @@ def measure_throughput(label: str, url: str, processes: Processes, classify: Cla
     """Closed-loop load on ``url``/predict; CPU per request from the process tree, split by ``classify``."""
 
     def attempt() -> tuple[load.LoadResult, dict[str, float]]:
-        request = dict(concurrency=concurrency, method="POST", body=BODY, headers=JSON_HEADERS)
+        request = dict(concurrency=concurrency, method="POST", body=PREDICT_BODY, headers=JSON_HEADERS)
         load.closed_loop(url + "/predict", duration_s=warmup_s, **request)
         before = cpu_by_process(processes(), classify)
         result = load.closed_loop(url + "/predict", duration_s=duration_s, **request)
@@ -161,7 +160,7 @@ def _phase_thread(url: str, phase: Phase, t0: float, seed: int, grace_s: float, 
     def run() -> None:
         time.sleep(max(0.0, t0 + phase.start_s - time.monotonic()))
         started = time.monotonic() - t0
-        result = load.open_loop(url + "/predict", rate=phase.rate, duration_s=phase.seconds, body=BODY,
+        result = load.open_loop(url + "/predict", rate=phase.rate, duration_s=phase.seconds, body=PREDICT_BODY,
                                 headers=JSON_HEADERS, grace_s=grace_s, seed=seed)  # fmt: skip
         out.append((started, phase, seed, result))
 
