@@ -42,3 +42,8 @@ def test_markdown_table_formats_floats_and_escapes_pipes():
     text = markdown_table([{"a": 1.2345, "b": "x|y"}])
     assert text.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | x\\|y |"]
     assert markdown_table([]) == ""
+
+
+def test_markdown_table_takes_the_columns_of_every_row():
+    text = markdown_table([{"a": 1, "ray": 2.0}, {"a": 3, "gunicorn": 4.0}])
+    assert text.splitlines() == ["| a | ray | gunicorn |", "|---|---|---|", "| 1 | 2.00 |  |", "| 3 |  | 4.00 |"]

@@ -19,18 +19,21 @@ def glue_all(values: Mapping[str, object]) -> None:
 
 
 def markdown_table(rows: Sequence[Mapping[str, object]], *, digits: int = 2) -> str:
-    """A Markdown table from dicts with the same keys; floats shown with ``digits`` decimals, None as blank.
+    """A Markdown table from dicts; floats shown with ``digits`` decimals, None and missing keys as blank.
+
+    The columns are every key of every row, in the order first seen (rows may differ: a gunicorn
+    row has no "Ray system" CPU).
 
     The book's one table helper: every chapter and module that shows a table calls it.
     """
     if not rows:
         return ""
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))
 
     def cell(value: object) -> str:
         text = "" if value is None else f"{value:.{digits}f}" if isinstance(value, float) else str(value)
         return text.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
