@@ -97,14 +97,26 @@ def test_autoscaler_claim_and_times():
     high = Phase(3, 30, 10)
     good = step_timeline([(0, {"RUNNING": 1}), (6, {"RUNNING": 1, "STARTING": 1}), (8, {"RUNNING": 2}),
                           (15, {"RUNNING": 1, "STOPPING": 1}), (17, {"RUNNING": 1})])
-    assert scaleout.claim_autoscaler_scaled_up(good, high).held
+    claim = scaleout.claim_autoscaler_scaled_up(good, high, decide_s=6)
+    assert claim.held and claim.measured == "decided 3.0 s after the step, running after 5.0 s"
     assert (scaleout.scaled_up_at(good, high), scaleout.scaled_down_at(good, high)) == (8, 17)
+    assert scaleout.scale_up_decided_at(good, high) == 6
     never_up = step_timeline([(0, {"RUNNING": 1}), (20, {"RUNNING": 1})])
-    assert "should have added a replica" in scaleout.claim_autoscaler_scaled_up(never_up, high).message
+    assert "should have added a replica" in scaleout.claim_autoscaler_scaled_up(never_up, high, decide_s=6).message
     assert scaleout.scaled_down_at(never_up, high) is None
     late_up = step_timeline([(0, {"RUNNING": 1}), (14, {"RUNNING": 1}), (18, {"RUNNING": 2}), (21, {"RUNNING": 2})])
-    assert scaleout.claim_autoscaler_scaled_up(late_up, high).outcome == claims.FAILED
+    assert scaleout.claim_autoscaler_scaled_up(late_up, high, decide_s=6).outcome == claims.FAILED
     assert scaleout.scaled_down_at(late_up, high) is None  # the scale-down must follow the scale-up
+    # a slow machine may take long to start the replica: the decision is what is timed, but it must run
+    slow_start = step_timeline([(0, {"RUNNING": 1}), (6, {"RUNNING": 1, "STARTING": 1}), (19, {"RUNNING": 2}),
+                                (21, {"RUNNING": 1})])
+    assert scaleout.claim_autoscaler_scaled_up(slow_start, high, decide_s=6).held
+    stuck = step_timeline([(0, {"RUNNING": 1}), (6, {"RUNNING": 1, "STARTING": 1}), (19, {"RUNNING": 1, "STARTING": 1})])
+    assert scaleout.claim_autoscaler_scaled_up(stuck, high, decide_s=6).outcome == claims.FAILED
+
+
+def test_replica_count_ignores_other_keys():
+    assert scaleout.replica_count({"RUNNING": 2, "STOPPING": 1, "pids": (1, 2)}) == 3
 
 
 def test_autoscaler_scaled_down_claim():
@@ -130,3 +142,43 @@ def test_recovery_claim():
 def test_no_process_left_claim():
     assert scaleout.claim_no_process_left([]).held
     assert "still run" in scaleout.claim_no_process_left([123]).message
+
+
+def test_run_timeline_samples_until_settled(monkeypatch):
+    """``until`` extends sampling past the phases only as long as it takes (and ``until_s`` at most)."""
+    monkeypatch.setattr(scaleout, "_phase_thread", lambda *a: __import__("threading").Thread(target=lambda: None))
+    monkeypatch.setattr(scaleout.load, "poisson_schedule", lambda *a: np.empty(0))
+    polls = iter(range(1000))
+    settled = scaleout.run_timeline("http://127.0.0.1:1", [Phase(0, 1, 0.2)], poll=lambda: {"n": next(polls)},
+                                    poll_s=0.05, until=lambda s: s["n"] >= 8, until_s=5.0)
+    assert settled.samples[-1][1]["n"] == 8
+    capped = scaleout.run_timeline("http://127.0.0.1:1", [Phase(0, 1, 0.2)], poll=lambda: {"n": 0},
+                                   poll_s=0.05, until=lambda s: False, until_s=0.3)
+    assert 0.45 <= capped.samples[-1][0] <= 0.8
+
+
+def test_run_timeline_extends_a_phase_until_its_condition(monkeypatch):
+    """A phase with ``extend_until`` runs a second at a time longer, and the next phase moves with it."""
+    launched = []
+
+    def fake_thread(url, phase, t0, seed, grace_s, out):
+        launched.append(phase)
+        out.append((phase.start_s, phase, seed, SimpleResult()))
+        return __import__("threading").Thread(target=lambda: None)
+
+    class SimpleResult:
+        latencies, errors, unfinished = np.empty(0), 0, 0
+
+    monkeypatch.setattr(scaleout, "_phase_thread", fake_thread)
+    monkeypatch.setattr(scaleout.load, "poisson_schedule", lambda *a: np.empty(0))
+    clock = iter(range(10_000))
+    phases = [Phase(0, 1, 0.2), Phase(0.2, 5, 0.3, extend_until=lambda s: s["n"] >= 30, extend_max_s=10),
+              Phase(0.5, 1, 0.2)]
+    timeline = scaleout.run_timeline("http://127.0.0.1:1", phases, poll=lambda: {"n": next(clock)}, poll_s=0.02)
+    high = timeline.phases[1]
+    assert 1.2 <= high.seconds <= 2.3  # 0.3 s, then whole seconds until n reached 30 (about 0.6 s of samples)
+    assert timeline.phases[2].start_s >= high.start_s + high.seconds - 0.05
+    assert [p.rate for p in launched] == [1] + [5] * (1 + round(high.seconds - 0.3)) + [1]
+    capped = scaleout.run_timeline("http://127.0.0.1:1", [Phase(0, 5, 0.1, extend_until=lambda s: False, extend_max_s=2)],
+                                   poll=lambda: {}, poll_s=0.02)
+    assert capped.phases[0].seconds == 2.1

@@ -90,18 +90,25 @@ def _wait_started(node: servers.Server, timeout_s: float) -> bool:
     return False
 
 
+def launch_node(temp_dir: str, gcs_port: int, *, head: bool, cpus: int = 1,
+                env: Mapping[str, str] | None = None) -> servers.Server:
+    """Start one node's ``ray start --block`` under the guard, without waiting for it."""
+    return servers.Server(_node_command(temp_dir, gcs_port, head=head, cpus=cpus), port=gcs_port,
+                          name="ray-head" if head else "ray-worker", env={**NODE_ENV, **(env or {})}, grace_s=3.0)
+
+
 def start_node(temp_dir: str, gcs_port: int, *, head: bool, cpus: int = 1, env: Mapping[str, str] | None = None,
-               attempts: int = 3, timeout_s: float = 120.0) -> tuple[servers.Server, int]:
-    """Start one node under the guard; retried when it fails to start. The node and the attempts it took."""
-    name = "ray-head" if head else "ray-worker"
+               attempts: int = 3, timeout_s: float = 120.0,
+               launched: servers.Server | None = None) -> tuple[servers.Server, int]:
+    """Start one node (or wait for ``launched``) and retry when it fails to start. The node and the attempts."""
     for attempt in range(1, attempts + 1):
-        node = servers.Server(_node_command(temp_dir, gcs_port, head=head, cpus=cpus), port=gcs_port, name=name,
-                              env={**NODE_ENV, **(env or {})}, grace_s=3.0)  # fmt: skip
+        node = launched or launch_node(temp_dir, gcs_port, head=head, cpus=cpus, env=env)
+        launched = None
         if _wait_started(node, timeout_s):
             return node, attempt
         log = node.log_tail(8)
         node.stop()
-    raise ClusterError(f"{name} did not start in {attempts} attempts:\n{log}")
+    raise ClusterError(f"{node.name} did not start in {attempts} attempts:\n{log}")
 
 
 def classify(process: psutil.Process) -> str:
@@ -206,19 +213,22 @@ def start(*, cpus_per_node: int = 1, env: Mapping[str, str] | None = None, with_
     times["head node"] = time.monotonic() - t0
     cluster = LocalCluster(temp_dir, gcs_port, servers.free_port(), head, None, times, {"head": head_attempts})
     try:
+        # The worker node boots while this process connects and starts Serve: on two cores the starts overlap.
+        launched_at = time.monotonic()
+        booting = launch_node(temp_dir, gcs_port, head=False, cpus=cpus_per_node, env=env) if with_worker else None
+        cluster.worker = booting  # stopped with the cluster if anything below fails
         t0 = time.monotonic()
         ray.init(address=cluster.address, log_to_driver=False, logging_level=logging.WARNING)
         logging.getLogger("ray.serve").setLevel(logging.WARNING)  # no "Connecting to existing Serve app" per deploy
         times["driver connect"] = time.monotonic() - t0
-        if with_worker:
-            t0 = time.monotonic()
-            cluster.worker, cluster.attempts["worker"] = start_node(temp_dir, gcs_port, head=False, cpus=cpus_per_node,
-                                                                    env=env)  # fmt: skip
-            wait_for_nodes(2)
-            times["worker node"] = time.monotonic() - t0
         t0 = time.monotonic()
         serve.start(http_options={"host": "127.0.0.1", "port": cluster.http_port}, proxy_location="HeadOnly")
         times["serve.start"] = time.monotonic() - t0
+        if booting is not None:
+            cluster.worker, cluster.attempts["worker"] = start_node(temp_dir, gcs_port, head=False, cpus=cpus_per_node,
+                                                                    env=env, launched=booting)  # fmt: skip
+            wait_for_nodes(2)
+            times["worker node"] = time.monotonic() - launched_at  # overlapped the two steps above
     except BaseException:
         cluster.stop()
         raise

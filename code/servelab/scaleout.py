@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -117,11 +117,18 @@ def cpu_ms_per_request(point: RatePoint) -> float:
 
 @dataclass(frozen=True)
 class Phase:
-    """Open-loop Poisson traffic at ``rate``/s for ``seconds``, starting ``start_s`` into the run."""
+    """Open-loop Poisson traffic at ``rate``/s for ``seconds``, starting ``start_s`` into the run.
+
+    With ``extend_until``, the phase goes on a second at a time after ``seconds``, while the latest
+    sample does not meet it, for at most ``extend_max_s`` more; later phases move by as much. A load
+    step can so last until a slow machine has started its second replica.
+    """
 
     start_s: float
     rate: float
     seconds: float
+    extend_until: Callable[[dict], bool] | None = None
+    extend_max_s: float = 0.0
 
 
 @dataclass
@@ -134,6 +141,7 @@ class Timeline:
     failed: int  # error answers plus requests without an answer
     samples: list[tuple[float, dict]] = field(default_factory=list)  # (t, what poll() returned)
     events: dict[str, float] = field(default_factory=dict)  # name → t
+    errors: int = 0  # of the failed: those answered with an error status (a full queue's 503, say)
 
     @property
     def sent(self) -> int:
@@ -158,45 +166,94 @@ class Timeline:
 
 def _phase_thread(url: str, phase: Phase, t0: float, seed: int, grace_s: float, out: list) -> threading.Thread:
     def run() -> None:
-        time.sleep(max(0.0, t0 + phase.start_s - time.monotonic()))
         started = time.monotonic() - t0
         result = load.open_loop(url + "/predict", rate=phase.rate, duration_s=phase.seconds, body=PREDICT_BODY,
                                 headers=JSON_HEADERS, grace_s=grace_s, seed=seed)  # fmt: skip
         out.append((started, phase, seed, result))
 
-    return threading.Thread(target=run, name=f"servelab-phase-{seed}", daemon=True)
+    thread = threading.Thread(target=run, name=f"servelab-phase-{seed}", daemon=True)
+    thread.start()
+    return thread
+
+
+class _Schedule:
+    """Starts each phase (and each one-second extension of a phase) at its time, from the sampling loop."""
+
+    def __init__(self, url: str, phases: Sequence[Phase], t0: float, grace_s: float) -> None:
+        self.url, self.t0, self.grace_s = url, t0, grace_s
+        self.pending, self.done = list(phases), []  # done: the phases as they ran (shifted, extended)
+        self.shift, self.extending, self.threads, self.results = 0.0, None, [], []
+
+    def _launch(self, phase: Phase) -> None:
+        self.threads.append(_phase_thread(self.url, phase, self.t0, len(self.threads), self.grace_s, self.results))
+
+    def tick(self, now: float, latest: dict | None) -> None:
+        """Extend the running phase, or start the next, as ``now`` and the latest sample say."""
+        if self.extending is not None and now >= self.done[-1].start_s + self.done[-1].seconds:
+            phase = self.done[-1]
+            if (latest is not None and phase.extend_until(latest)) or phase.seconds >= self.extending:
+                self.extending = None
+            else:  # one more second of the same traffic, in its own thread
+                self._launch(Phase(now, phase.rate, 1.0))
+                self.done[-1] = replace(phase, seconds=phase.seconds + 1.0)
+                self.shift += 1.0
+        if self.extending is None and self.pending and now >= self.pending[0].start_s + self.shift:
+            phase = self.pending.pop(0)
+            self.done.append(replace(phase, start_s=phase.start_s + self.shift))
+            self._launch(Phase(now, phase.rate, phase.seconds))
+            if phase.extend_until is not None:
+                self.extending = phase.seconds + phase.extend_max_s  # the longest this phase may run
+
+    def end_s(self) -> float:
+        """When the last phase ends, as far as the schedule knows now."""
+        ends = [p.start_s + p.seconds for p in self.done] + [p.start_s + self.shift + p.seconds for p in self.pending]
+        return max(ends)
+
+    def busy(self) -> bool:
+        return bool(self.pending) or self.extending is not None or any(t.is_alive() for t in self.threads)
 
 
 def run_timeline(url: str, phases: Sequence[Phase], *, poll: Callable[[], dict], poll_s: float = 0.25,
                  at: Mapping[float, Callable[[], object]] | None = None, grace_s: float = 8.0,
-                 extra_s: float = 0.0) -> Timeline:
+                 extra_s: float = 0.0, until: Callable[[dict], bool] | None = None,
+                 until_s: float = 0.0) -> Timeline:
     """Send ``phases`` of open-loop traffic (each from its own thread, on schedule) while sampling ``poll()``.
 
     ``at`` maps a time to an action run then (``{2.0: kill_replica}``), its moment recorded as an event.
-    Sampling goes on ``extra_s`` after the last phase. Each phase waits up to ``grace_s`` for its last
-    answers, so a slow phase never cuts off the next one's requests.
+    Sampling goes on ``extra_s`` after the last phase, and then, if ``until`` is given, up to ``until_s``
+    more until a sample meets it (a slow machine gets the time it needs, a fast one does not wait).
+    Each phase waits up to ``grace_s`` for its last answers, so a slow phase never cuts off the next one's
+    requests. The timeline's ``phases`` are the phases as they ran (a phase with ``extend_until`` may
+    have run longer, and the later ones later).
     """
-    results: list = []
     t0 = time.monotonic()
-    threads = [_phase_thread(url, phase, t0, seed, grace_s, results) for seed, phase in enumerate(phases)]
-    for thread in threads:
-        thread.start()
+    schedule = _Schedule(url, phases, t0, grace_s)
     actions = sorted((at or {}).items())
-    end = max(p.start_s + p.seconds for p in phases) + extra_s
     timeline = Timeline(list(phases), np.empty(0), np.empty(0), 0)
-    while time.monotonic() - t0 < end or any(t.is_alive() for t in threads):
-        now = time.monotonic() - t0
+
+    def sampling(now: float) -> bool:
+        end = schedule.end_s() + extra_s
+        if now < end or schedule.pending or schedule.extending is not None:
+            return True
+        settled = until is None or (timeline.samples and until(timeline.samples[-1][1]))
+        return not settled and now < end + until_s
+
+    while sampling(now := time.monotonic() - t0) or schedule.busy():
+        schedule.tick(now, timeline.samples[-1][1] if timeline.samples else None)
         while actions and actions[0][0] <= now:
             moment, action = actions.pop(0)
             timeline.events[getattr(action, "__name__", str(moment))] = time.monotonic() - t0
             action()
-        if now < end:
+        if sampling(now):
             timeline.samples.append((now, poll()))
         time.sleep(poll_s)
+    results = schedule.results
+    timeline.phases = [Phase(p.start_s, p.rate, p.seconds) for p in schedule.done]
     sends = [started + load.poisson_schedule(phase.rate, phase.seconds, seed) for started, phase, seed, _ in results]
     timeline.send_s = np.concatenate(sends) if sends else np.empty(0)
     timeline.latency_s = np.concatenate([r.latencies for *_, r in results]) if results else np.empty(0)
     timeline.failed = sum(r.errors + r.unfinished for *_, r in results)
+    timeline.errors = sum(r.errors for *_, r in results)
     return timeline
 
 
@@ -302,22 +359,51 @@ def scaled_up_at(timeline: Timeline, high: Phase, *, top: int = 2) -> float | No
     return first_time(timeline.samples, lambda s: s.get("RUNNING", 0) >= top, after_s=high.start_s)
 
 
+def scale_up_decided_at(timeline: Timeline, high: Phase, *, top: int = 2) -> float | None:
+    """When the controller first had ``top`` replicas in any state (starting counts) after the high phase began."""
+    return first_time(timeline.samples, lambda s: replica_count(s) >= top, after_s=high.start_s)
+
+
+def replica_count(states: Mapping[str, object]) -> int:
+    """Replicas in any state, from a sample of :func:`servelab.raycluster.replica_states` (other keys ignored)."""
+    return sum(v for k, v in states.items() if k.isupper() and isinstance(v, int))
+
+
+def running_for(top: int, seconds: float) -> Callable[[dict], bool]:
+    """A condition on replica samples: ``top`` replicas have been RUNNING for ``seconds`` (wall clock)."""
+    since: list[float] = []
+
+    def condition(states: dict) -> bool:
+        if states.get("RUNNING", 0) < top:
+            since.clear()
+            return False
+        since[:] = since or [time.monotonic()]
+        return time.monotonic() - since[0] >= seconds
+
+    return condition
+
+
 def scaled_down_at(timeline: Timeline, high: Phase, *, bottom: int = 1) -> float | None:
     """When the deployment was back to ``bottom`` replicas after scaling up and after the high phase."""
     up = scaled_up_at(timeline, high)
     if up is None:
         return None
-    return first_time(timeline.samples, lambda s: sum(s.values()) <= bottom, after_s=max(up, high.start_s + high.seconds))
+    return first_time(timeline.samples, lambda s: replica_count(s) <= bottom, after_s=max(up, high.start_s + high.seconds))
 
 
-def claim_autoscaler_scaled_up(timeline: Timeline, high: Phase, *, top: int = 2, slack_s: float = 2.0) -> claims.Claim:
-    """The autoscaler had ``top`` replicas running before the high phase ended (plus ``slack_s``)."""
-    up = scaled_up_at(timeline, high, top=top)
-    end = high.start_s + high.seconds
+def claim_autoscaler_scaled_up(timeline: Timeline, high: Phase, *, decide_s: float, top: int = 2) -> claims.Claim:
+    """The autoscaler decided on ``top`` replicas within ``decide_s`` of the step, and they all ran.
+
+    The decision is the autoscaler's (delays, look-back, metrics); how long the new replica then takes to
+    start is the machine's (a process, torch, the model), so only the decision has a time bound.
+    """
+    decided, up = scale_up_decided_at(timeline, high, top=top), scaled_up_at(timeline, high, top=top)
+    measured = "never" if decided is None else f"decided {decided - high.start_s:.1f} s after the step, " + (
+        "never running" if up is None else f"running after {up - high.start_s:.1f} s")
     return claims.condition(
         "ch5.autoscaler_scaled_up", f"On the load step the autoscaler brought the deployment to {top} running replicas.",
-        up is not None and up <= end + slack_s, measured="never" if up is None else f"at {up:.1f} s",
-        bound=f"by {end + slack_s:.0f} s (the step ends at {end:.0f} s)",
+        decided is not None and decided <= high.start_s + decide_s and up is not None, measured=measured,
+        bound=f"decided within {decide_s:.0f} s of the step, then running",
         fail=f"replicas over time: {[(round(t, 1), s) for t, s in timeline.samples[::4]]}; the autoscaler should "
              f"have added a replica during the step")
 
