@@ -47,6 +47,8 @@ T = TypeVar("T")
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 REQUEST_TIMEOUT_S = 10.0
+MIN_ANSWERS_PER_CONNECTION = 2  # fewer, and a run says nothing about latency: run_against runs longer
+LONGEST_RUN_S = 8.0
 #: Extra wall-clock time after the planned run before everything is cancelled / killed.
 HARD_CAP_EXTRA_S = 15.0
 WRK_SCRIPT = Path(__file__).with_name("wrk_report.lua")
@@ -570,7 +572,10 @@ def run_against(server: MeasuredServer, concurrency: int, *, path: str = "/predi
     """One closed-loop run on ``server``: POST ``body`` to ``path`` (a GET when ``body`` is None).
 
     A ``warmup_s`` run comes first, separately, so the server's CPU delta covers the measured run
-    only. The run is repeated (up to ``retries`` times) while other programs take CPU.
+    only. The run is repeated (up to ``retries`` times) while other programs take CPU, and run again
+    4× longer (up to ``LONGEST_RUN_S``) while it answered fewer than ``MIN_ANSWERS_PER_CONNECTION``
+    requests per connection: on a slow or oversubscribed machine a request can outlast a short run
+    (2.4 s for a batch of 16 under torch's default threads on one 2-core AMD EPYC).
     """
     kwargs: dict[str, Any] = dict(concurrency=concurrency, method="POST" if body else "GET", body=body,
                                   headers=JSON_HEADERS if body else None)  # fmt: skip
@@ -579,9 +584,13 @@ def run_against(server: MeasuredServer, concurrency: int, *, path: str = "/predi
     def attempt() -> tuple[LoadResult, float, float]:
         if warmup_s > 0:
             closed_loop(url, duration_s=warmup_s, **kwargs)
-        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
-        result = closed_loop(url, duration_s=duration_s, **kwargs)
-        return result, server.cpu_seconds() - cpu0, time.perf_counter() - t0
+        run_s = duration_s
+        while True:  # a run too short for its slow requests to finish is run again, longer
+            cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+            result = closed_loop(url, duration_s=run_s, **kwargs)
+            if result.completed >= MIN_ANSWERS_PER_CONNECTION * concurrency or run_s >= LONGEST_RUN_S:
+                return result, server.cpu_seconds() - cpu0, time.perf_counter() - t0
+            run_s = min(LONGEST_RUN_S, 4 * run_s)
 
     measured = contention.measure_uncontended(attempt, retries=retries, pause=pause)
     result, cpu_s, wall_s = measured.value

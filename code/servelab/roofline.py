@@ -54,6 +54,20 @@ class ForwardCost:
         return self.flops / self.weight_bytes
 
 
+def objective_ms(base_ms: float, *, batch: int = 32, passes: float = 3.0) -> int:
+    """The p99 objective for the batching chapters on this machine: ``base_ms``, or ``passes`` × one
+    forward pass at ``batch`` (1 thread) where that is longer.
+
+    A request that arrives while a batch runs waits for it and then rides in the next: about two pass
+    times, plus its queue. Where one pass at the chapters' ``max_batch`` takes over a third of the
+    objective (a slow CPU: 151 ms for batch 32 on one 2-core AMD EPYC), no batching server can meet
+    it, and the chapters would compare batching against nothing. Their objective then grows with the
+    machine, so the comparison stays about batching.
+    """
+    pass_s = measure_forward_costs([batch], [1], repeats=3)[0].seconds
+    return round(max(base_ms, passes * pass_s * 1e3))  # whole ms: the prose prints it
+
+
 def measure_forward_costs(
     batch_sizes: Sequence[int],
     threads: Sequence[int] = (1,),

@@ -53,14 +53,15 @@ def _busy(points: Sequence[LatencyPoint]) -> float | None:
 
 
 def claim_loop_latency_linear(points: Sequence[LatencyPoint], threads: int, *, model: str = "unrolled",
-                              spread: float = 2.0) -> claims.Claim:
+                              spread: float = 2.5) -> claims.Claim:
     """The loop's latency grows linearly in T: every extra token costs about the same, at short and long inputs.
 
     Judged on the segments between measured lengths, not on one line through all points: a line fitted
     in seconds is dominated by the longest input and misses the shortest in relative terms. The bound
-    is 2×, not 1.0×: points are measured seconds apart and this VM's speed drifts (a quiet run had
-    segments 141, 152 and 90 µs/token), while anything superlinear, like attention's T², makes each
-    4× longer segment cost 4× more per token. Outside load only makes the segments uneven, so a
+    is 2.5×, not 1.0×: points are measured seconds apart and a VM's speed drifts (quiet runs had
+    segments 141, 152 and 90 µs/token on one Xeon, and 218, 104, 204 at 2 threads on an AMD EPYC),
+    while anything superlinear, like attention's T², makes each 4× longer segment cost 4× more per
+    token. Outside load only makes the segments uneven, so a
     failure while it was high is recorded as a skip.
     """
     claim_id = f"ch3.loop_latency_linear_{threads}t"
