@@ -75,8 +75,8 @@ def test_contended_and_single_core_runs_skip_with_the_reason():
 def test_model_claim_breaks_on_a_bad_prediction_and_skips_when_calibration_was_busy():
     points = sweep(1.0)
     assert dag.claim_model_explains(points, [1.0] * len(points), calibration_contended=False).held
-    bad = dag.claim_model_explains(points, [1.0] * (len(points) - 1) + [2.5], calibration_contended=False)
-    assert bad.outcome == claims.FAILED and "more than 2×" in bad.message
+    bad = dag.claim_model_explains(points, [1.0] * (len(points) - 1) + [3.0], calibration_contended=False)
+    assert bad.outcome == claims.FAILED and "more than 2.5×" in bad.message
     assert dag.claim_model_explains(points, [9.0] * len(points), calibration_contended=True).skip_kind == "contended"
 
 
