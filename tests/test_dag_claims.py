@@ -104,3 +104,11 @@ def test_linearity_is_judged_per_token_so_a_noisy_short_input_does_not_break_it(
                                                                           (1024, 152.0e-3))]
     claim = dag.claim_loop_latency_linear(points, 1)
     assert claim.held, claim
+
+
+def test_flat_gain_claim_skips_when_threads_slow_the_short_loop():
+    """0.71x at T=64 and 0.95x at T=1024 (an AMD EPYC): the growth is threading overhead amortised."""
+    points = [LatencyPoint(p.model, p.T, 2, p.seconds * {64: 1 / 0.71, 1024: 1 / 0.95}.get(p.T, 1.0), 0, False)
+              if p.model == "unrolled" and p.threads == 2 else p for p in sweep(1.0)]
+    claim = dag.claim_loop_gain_flat(points, LENGTHS, 2)
+    assert claim.outcome == claims.SKIPPED and claim.skip_kind == "hardware", claim

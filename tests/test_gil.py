@@ -99,8 +99,9 @@ def test_mixed_work_calibration_is_sane(measured):
     mixed = measured.mixed
     assert mixed is not None and mixed.iterations[0.5] > 0
     assert 0 < mixed.seconds_per_iteration < 1e-5  # a loop iteration takes well under 10 µs
-    # At share 0.5 the Python work takes as long as the torch work.
-    assert mixed.python_seconds(0.5) == pytest.approx(mixed.torch_seconds, rel=0.01)
+    # At share 0.5 the Python work takes as long as the torch work, to within one whole iteration
+    # (on a slow CPU one iteration, 0.95 µs, is about this small set-up's whole torch work).
+    assert mixed.python_seconds(0.5) == pytest.approx(mixed.torch_seconds, rel=0.01, abs=mixed.seconds_per_iteration)
 
 
 def test_memory_of_and_interleaved_runs_leave_no_server():

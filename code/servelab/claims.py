@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 HELD, FAILED, SKIPPED = "held", "failed", "skipped"
 OUTCOMES = (HELD, FAILED, SKIPPED)
 # Why a claim may be skipped. Anything else is a bug in the check, not a property of the machine.
-SKIP_KINDS = ("contended", "one core", "tool missing")
+SKIP_KINDS = ("contended", "one core", "tool missing", "hardware")  # hardware: a measured machine trait voids the test
 
 
 @dataclass(frozen=True)
