@@ -60,6 +60,17 @@ def test_first_time_and_fault_outcome():
     assert (outcome.in_flight, outcome.failed, outcome.recovery_s) == (1, 1, 2.0)
 
 
+def test_replica_scaling_is_measured_again_only_when_two_did_not_beat_one(monkeypatch):
+    deployed, runs = [2], iter([50, 60, 75, 58])  # round 1: two slowed (50 against 60); round 2: 75 against 58
+    monkeypatch.setattr(scaleout, "measure_throughput", lambda label, *a, **k: point(f"{label} @{deployed[-1]}", next(runs), {}))
+    one, two = scaleout.measure_one_and_two_replicas("u", list, str, deployed.append, concurrency=4, duration_s=1)
+    assert deployed == [2, 1, 2, 1] and (one.throughput, two.throughput) == (60, 75)
+    assert one.label == "Ray, 1 replica @1" and two.label == "Ray, 2 replicas @2"
+    deployed[:], runs = [2], iter([75, 60])
+    scaleout.measure_one_and_two_replicas("u", list, str, deployed.append, concurrency=4, duration_s=1)
+    assert deployed == [2, 1]  # no second round
+
+
 def test_placement_claim():
     assert scaleout.claim_replicas_on_both_nodes({11: "head", 12: "worker"}).held
     failed = scaleout.claim_replicas_on_both_nodes({11: "head", 12: "head"})
@@ -81,12 +92,13 @@ def test_ray_cpu_claim():
     assert cheap.outcome == claims.FAILED and "should cost Ray more" in cheap.message
 
 
-def test_batching_cpu_claim():
-    unbatched, batched = rate_point(60, 1.5), rate_point(150, 1.4)
-    assert scaleout.claim_batching_lowers_cpu(batched, unbatched).held
-    same = scaleout.claim_batching_lowers_cpu(rate_point(60, 1.5), unbatched)
-    assert same.outcome == claims.FAILED and "should cost less per request" in same.message
-    assert scaleout.claim_batching_lowers_cpu(rate_point(150, 1.4, contended=True), unbatched).skip_kind == "contended"
+def test_batching_cpu_claim_holds_and_breaks_even_when_contended():
+    batched = point("Ray, full batches", 150, {"replica": 6, "proxy": 5, "Ray system": 1})
+    assert scaleout.claim_batching_lowers_cpu(batched, RAY_TWO).held
+    same = scaleout.claim_batching_lowers_cpu(point("Ray, full batches", 80, RAY_TWO.cpu_ms_by_role), RAY_TWO, mean_batch=2.5)
+    assert same.outcome == claims.FAILED and "in batches of 2.5 on average; one pass" in same.message
+    busy = point("Ray, full batches", 150, batched.cpu_ms_by_role, contended=True)
+    assert scaleout.claim_batching_lowers_cpu(busy, RAY_TWO).held  # CPU per request: no skip for contention
 
 
 def step_timeline(counts: list[tuple[float, dict]]) -> Timeline:
@@ -182,3 +194,30 @@ def test_run_timeline_extends_a_phase_until_its_condition(monkeypatch):
     capped = scaleout.run_timeline("http://127.0.0.1:1", [Phase(0, 5, 0.1, extend_until=lambda s: False, extend_max_s=2)],
                                    poll=lambda: {}, poll_s=0.02)
     assert capped.phases[0].seconds == 2.1
+
+
+def test_server_batch_sizes_reads_each_answer():
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server API
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"server_batch": 3}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        sizes = scaleout.server_batch_sizes(f"http://127.0.0.1:{server.server_port}", concurrency=4, requests=10)
+    finally:
+        server.shutdown()
+    assert sizes == [3] * 10
