@@ -76,6 +76,9 @@ def test_near_ceiling_claim_breaks_far_below_it_and_skips_on_a_contended_ceiling
     assert payload.claim_near_ceiling(gap_at(100.0), [rate_point(100, contended=True)], None).skip_kind == "contended"
     assert payload.claim_near_ceiling(gap_at(300.0), [rate_point(300, contended=True)], None).held
     assert payload.claim_near_ceiling(gap_at(300.0), [rate_point(300)], 1.2).skip_kind == "contended"
+    one_core = payload.claim_near_ceiling(gap_at(100.0), [rate_point(100)], None, cores=1)
+    assert one_core.skip_kind == "one core" and "load generator and the event loop took" in one_core.message
+    assert payload.claim_near_ceiling(gap_at(300.0), [rate_point(300)], None, cores=1).held
 
 
 def test_best_point_is_the_fastest_within_the_objective():

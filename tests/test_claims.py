@@ -1,6 +1,7 @@
 """The claims ledger: records, failures, skips, the tally, and the page's table."""
 
 import json
+from pathlib import Path
 from dataclasses import asdict
 
 import pytest
@@ -95,3 +96,19 @@ def test_unless_contended_turns_only_failures_under_load_into_skips():
     skip = claims.unless_contended(failed, 0.9)
     assert skip.outcome == claims.SKIPPED and skip.skip_kind == "contended" and "0.90 cores" in skip.message
     assert "only 0.50×" in skip.message
+
+
+def test_robustness_rerun_of_a_chapter_replaces_only_its_row(tmp_path, monkeypatch):
+    from servelab import robustness
+
+    def fake_run(chapter, condition, records):
+        record = {"chapter": chapter.stem, "claims": [asdict(claims.at_least(f"{chapter.stem}.a", "A.", 2, 1, fail="f"))]}
+        (records / f"{chapter.stem}.json").write_text(json.dumps(record))
+        return robustness.ChapterRun(condition.name, chapter.stem, True, 1.0)
+
+    monkeypatch.setattr(robustness, "run_chapter", fake_run)
+    robustness.run_condition("no-wrk", [Path("01_a.ipynb"), Path("02_b.ipynb")], tmp_path)
+    (tmp_path / "02_b.json").write_text("stale")  # a rerun must not read this
+    robustness.run_condition("no-wrk", [Path("02_b.ipynb")], tmp_path)
+    assert sorted(robustness.read_runs(tmp_path)) == ["01_a", "02_b"]
+    assert [r["chapter"] for r in claims.load_records(tmp_path)] == ["01_a", "02_b"]

@@ -149,6 +149,14 @@ def test_recovery_claim():
     assert too_many.outcome == claims.FAILED and "only requests on the killed replica" in too_many.message
     never = scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 2, 4, None, 5))
     assert never.outcome == claims.FAILED
+    late = scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 53, 13, 14.5, 5), cores=1)
+    assert late.skip_kind == "one core" and "53 requests failed with 13 in flight" in late.message
+    assert scaleout.claim_recovers_after_kill(FaultOutcome("Ray", "kill", 100, 53, 13, None, 5), cores=1).outcome == claims.FAILED
+
+
+def test_kill_sentence_follows_the_numbers():
+    assert "those the dead replica held" in scaleout.describe_kill(FaultOutcome("Ray", "kill", 100, 3, 4, 3.5, 5))
+    assert "about 40 requests sent after" in scaleout.describe_kill(FaultOutcome("Ray", "kill", 100, 53, 13, 14.5, 5))
 
 
 def test_no_process_left_claim():

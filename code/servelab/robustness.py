@@ -10,7 +10,8 @@ four conditions and collects the claims ledger of each run:
 
 It writes ``_build/robustness/robustness.md``: one row per claim, one column per condition, with
 held, failed or skipped (and why), and prints the totals. A chapter that failed before its check
-cell shows as "no record". Maintainers run it; ``make test`` does not (it takes about 20 minutes
+cell shows as "no record". With ``--chapters`` only those chapters run again, and their rows are
+replaced; ``--report-only`` writes the table from the records kept. Maintainers run it; ``make test`` does not (it takes about 20 minutes
 on 2 cores).
 
 Taught in: README.md (How measurements are kept honest).
@@ -19,12 +20,13 @@ Taught in: README.md (How measurements are kept honest).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -101,26 +103,48 @@ def matrix_markdown(by_condition: dict[str, list[dict]], runs: Sequence[ChapterR
                       "| condition | chapter | nbval | seconds |", "|---|---|---|---|", *chapters, ""])
 
 
+def read_runs(records: Path) -> dict[str, ChapterRun]:
+    """The chapter runs kept in ``records``/runs.jsonl (not ``*.json``: those are the ledger's), by chapter."""
+    path = records / "runs.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return {r["chapter"]: ChapterRun(**r) for r in rows}
+
+
+def write_runs(records: Path, runs: dict[str, ChapterRun]) -> None:
+    (records / "runs.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for _, r in sorted(runs.items())))
+
+
+def run_condition(name: str, chapters: Sequence[Path], records: Path) -> None:
+    """Run ``chapters`` in condition ``name``; their old records go first, other chapters' stay."""
+    records.mkdir(parents=True, exist_ok=True)
+    runs = read_runs(records)
+    for chapter in chapters:  # no stale record may pass for this run's
+        (records / f"{chapter.stem}.json").unlink(missing_ok=True)
+        runs.pop(chapter.stem, None)
+    print(f"condition {name}:", flush=True)
+    for chapter in chapters:
+        runs[chapter.stem] = run_chapter(chapter, CONDITIONS[name], records)
+        write_runs(records, runs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m servelab.robustness", description=__doc__.splitlines()[0])
     parser.add_argument("--conditions", default=",".join(CONDITIONS), help="comma-separated, from: " + ", ".join(CONDITIONS))
-    parser.add_argument("--chapters", default="", help="comma-separated notebook stems (default: every chapter)")
+    parser.add_argument("--chapters", default="", help="comma-separated notebook stems (default: every chapter); "
+                                                      "their rows are replaced, other chapters' kept")
+    parser.add_argument("--report-only", action="store_true", help="run nothing: write the table from the records kept")
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "robustness")
     args = parser.parse_args(argv)
+    names = args.conditions.split(",")
     chapters = sorted((ROOT / "chapters").glob("*.ipynb"))
     if args.chapters:
         chapters = [c for c in chapters if c.stem in args.chapters.split(",")]
-    if any(c == "one-core" for c in args.conditions.split(",")) and not shutil.which("taskset"):
+    if not args.report_only and "one-core" in names and not shutil.which("taskset"):
         parser.error("taskset is missing (Debian: apt-get install util-linux)")
-    runs: list[ChapterRun] = []
-    by_condition: dict[str, list[dict]] = {}
-    for name in args.conditions.split(","):
-        records = args.out / name
-        shutil.rmtree(records, ignore_errors=True)  # no stale record may pass for this run's
-        records.mkdir(parents=True)
-        print(f"condition {name}:", flush=True)
-        runs += [run_chapter(chapter, CONDITIONS[name], records) for chapter in chapters]
-        by_condition[name] = claims.load_records(records)
+    for name in names if not args.report_only else []:
+        run_condition(name, chapters, args.out / name)
+    by_condition = {name: claims.load_records(args.out / name) for name in names}
+    runs = [run for name in names for run in read_runs(args.out / name).values()]
     report = args.out / "robustness.md"
     report.write_text(matrix_markdown(by_condition, runs))
     print(report.read_text())

@@ -364,7 +364,8 @@ def claim_two_replicas_beat_one(one: ThroughputPoint, two: ThroughputPoint, core
     if skip:
         return skip
     return claims.at_least(claim_id, sentence, gain, bound,
-                           fail=f"2 replicas answered {two.throughput:.0f} req/s against {one.throughput:.0f} for one "
+                           fail=f"2 replicas answered {two.throughput:.0f} req/s at {two.cpu_ms_per_request:.1f} ms of "
+                                f"CPU each, against {one.throughput:.0f} at {one.cpu_ms_per_request:.1f} ms for one "
                                 f"({gain:.2f}×); a second replica on its own core should add throughput")
 
 
@@ -471,17 +472,39 @@ def claim_autoscaler_scaled_down(timeline: Timeline, high: Phase, *, bottom: int
              f"have removed the extra replica once the load came back down")
 
 
-def claim_recovers_after_kill(outcome: FaultOutcome, *, slack: int = 2) -> claims.Claim:
-    """After a replica kill the deployment is back to full strength, and failures ≤ in-flight + ``slack``."""
-    ok = outcome.recovery_s is not None and outcome.failed <= outcome.in_flight + slack
-    return claims.condition(
-        "ch5.recovers_after_kill", "After a replica is killed, Serve restores full replicas; fewer requests fail "
-        "than were in flight, plus a small bound.", ok,
-        measured=f"{outcome.failed} failed, {outcome.in_flight} in flight, back after "
-                 + ("never" if outcome.recovery_s is None else f"{outcome.recovery_s:.1f} s"),
-        bound=f"recovered; failed ≤ in flight + {slack}",
-        fail=f"{outcome.failed} requests failed with {outcome.in_flight} in flight, recovery "
-             f"{outcome.recovery_s}; only requests on the killed replica should fail, and Serve should replace it")
+def describe_kill(outcome: FaultOutcome, *, slack: int = 2) -> str:
+    """The sentence that reads a replica kill's failures, as measured (for the chapter's prose)."""
+    if outcome.failed <= outcome.in_flight + slack:
+        return ("The failed ones are those the dead replica held: the router had already handed them over, and "
+                "nothing sends them again. Requests that arrived afterwards went to the surviving replica (its "
+                "queue shows in the p99)")
+    return (f"Here more failed than were in flight: the proxy went on routing new requests to the dead replica "
+            f"until it learned of the death, so about {outcome.failed - outcome.in_flight} requests sent after the "
+            "kill failed too. A machine whose cores are all taken by the load delays that news")
+
+
+def claim_recovers_after_kill(outcome: FaultOutcome, *, cores: int = 2, slack: int = 2) -> claims.Claim:
+    """After a replica kill the deployment is back to full strength, and failures ≤ in-flight + ``slack``.
+
+    Requests fail beyond those in flight when the proxy keeps routing to the dead replica until it
+    learns of the death. On one core the proxy and the controller wait for the core behind the load
+    (``taskset -c 0`` on a 2-core AMD EPYC: 53 failed with 13 in flight, back after 14.5 s), so there
+    too many failures are a skip with the numbers; not recovering still fails.
+    """
+    claim_id = "ch5.recovers_after_kill"
+    sentence = "After a replica is killed, Serve restores full replicas; fewer requests fail than were in flight, plus a small bound."
+    measured = (f"{outcome.failed} failed, {outcome.in_flight} in flight, back after "
+                + ("never" if outcome.recovery_s is None else f"{outcome.recovery_s:.1f} s"))
+    bound = f"recovered; failed ≤ in flight + {slack}"
+    too_many = outcome.failed > outcome.in_flight + slack
+    if outcome.recovery_s is not None and too_many and cores < 2:
+        return claims.skipped(claim_id, sentence, kind="one core", measured=measured, bound=bound,
+                              reason=f"one usable core: the proxy learned of the death late, so {outcome.failed} "
+                                     f"requests failed with {outcome.in_flight} in flight")
+    return claims.condition(claim_id, sentence, outcome.recovery_s is not None and not too_many, measured=measured,
+                            bound=bound, fail=f"{outcome.failed} requests failed with {outcome.in_flight} in flight, "
+                                              f"recovery {outcome.recovery_s}; only requests on the killed replica "
+                                              "should fail, and Serve should replace it")
 
 
 def claim_no_process_left(alive: Sequence[int]) -> claims.Claim:
