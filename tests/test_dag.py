@@ -251,3 +251,13 @@ def test_exercise_checks_accept_the_right_answers(capsys):
     assert ch3.check_fused_reason("c")
     assert not ch3.check_fused_reason("b")
     assert not ch3.check_fused_reason(...)
+
+
+def test_crossover_exercise_wants_inf_where_bert_never_wins(capsys):
+    loop = synthetic_costs("unrolled", "lstm", ops_per_token=1, stream_per_token_s={1: 1e-9, 2: 1e-9}, fixed_s={1: 0, 2: 0})
+    bert = synthetic_costs("bert", "bert", fixed_s={1: 1.0, 2: 1.0})  # a second of fixed cost: never overtakes
+    costs = {"unrolled": loop, "bert": bert}
+    assert dag.predicted_crossover(loop, bert, dag.imagined(MACHINE, "16 cores", 16)) is None
+    assert ch3.check_crossover(math.inf, costs, MACHINE, cores=16)
+    assert not ch3.check_crossover(None, costs, MACHINE, cores=16)
+    assert "not answered yet" in capsys.readouterr().out
