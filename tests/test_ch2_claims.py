@@ -45,6 +45,14 @@ def test_a_contended_pyloop_run_is_judged_only_where_contention_cannot_explain_i
     assert busy.outcome == claims.SKIPPED and busy.skip_kind == "contended" and "0.60 cores" in busy.message
 
 
+def test_on_the_asyncio_client_processes_must_beat_the_threads_cap():
+    slow_client = lambda cores: ClosedLoopPoint(2, 150.0, 0.01, 0.01, 0.015, 0.02, 200, 0, server_cores=cores,
+                                                client_cores=0.16, tool="asyncio", path="/pyloop")
+    assert gil.claim_processes_parallel_pyloop(slow_client(1.3), 2, 2).held
+    assert gil.claim_processes_parallel_pyloop(slow_client(1.1), 2, 2).outcome == claims.FAILED
+    assert gil.claim_processes_parallel_pyloop(lp("/pyloop", cores=1.3), 2, 2).outcome == claims.FAILED  # wrk: 1.6
+
+
 def test_one_core_replaces_the_parallel_claim_by_its_own():
     assert gil.claim_processes_parallel_pyloop(lp("/pyloop", cores=0.98), 2, 1).skip_kind == "one core"
     assert gil.claim_processes_capped_on_one_core(lp("/pyloop", cores=0.98)).held
