@@ -48,7 +48,7 @@ test: setup
 	$(BIN)/python -m pytest -q -rfEs --durations=15
 
 # Maintainers: every chapter on all cores, under taskset -c 0, beside a busy loop, and without wrk;
-# writes the claims x conditions table to _build/robustness/robustness.md (about 20 minutes on 2 cores).
+# writes the claims x conditions table to _build/robustness/robustness.md (about 45 minutes on 2 cores).
 robustness: setup
 	$(BIN)/python -m servelab.robustness
 

@@ -11,8 +11,8 @@ four conditions and collects the claims ledger of each run:
 It writes ``_build/robustness/robustness.md``: one row per claim, one column per condition, with
 held, failed or skipped (and why), and prints the totals. A chapter that failed before its check
 cell shows as "no record". With ``--chapters`` only those chapters run again, and their rows are
-replaced; ``--report-only`` writes the table from the records kept. Maintainers run it; ``make test`` does not (it takes about 20 minutes
-on 2 cores).
+replaced; ``--report-only`` writes the table from the records kept. Maintainers run it; ``make test``
+does not (it takes about 45 minutes on a 2-core AMD EPYC, 10–14 per condition).
 
 Taught in: README.md (How measurements are kept honest).
 """
