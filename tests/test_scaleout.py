@@ -229,3 +229,13 @@ def test_server_batch_sizes_reads_each_answer():
     finally:
         server.shutdown()
     assert sizes == [3] * 10
+
+
+def test_batching_sweeps_sentence_follows_the_numbers():
+    met, missed = rate_point(40, 1.2), RatePoint(50, 100, 100, 0, 0, 100, 0, 50, 0.1, 0.3, 0.001, 0.1, 1.8, 0.0, False, 1)
+    text = scaleout.describe_batching_sweeps({"unbatched": 38, "batched": 0, "chapter4": 86}, met, missed, 0.1)
+    assert "kept p99 within 100 ms up to about 38 requests/s; with `@serve.batch` at none of the rates tried." in text
+    assert "36.0 ms of CPU per request at 50 requests/s, the lowest rate tried, which missed it" in text
+    assert "30.0 ms of CPU per request at 40 requests/s, the highest rate that met it" in text
+    both = scaleout.describe_batching_sweeps({"unbatched": 40, "batched": 80, "chapter4": 50}, met, met, 0.1)
+    assert "(2.0×)" in both and "still fell behind" in both

@@ -479,6 +479,32 @@ def claim_autoscaler_scaled_down(timeline: Timeline, high: Phase, *, bottom: int
              f"have removed the extra replica once the load came back down")
 
 
+def describe_batching_sweeps(best: Mapping[str, float], unbatched_at: RatePoint, batched_at: RatePoint,
+                             slo_s: float) -> str:
+    """Chapter 5a's reading of its open-loop sweeps, in words that follow the numbers.
+
+    ``best``: the highest rate within the objective of each sweep ("unbatched", "batched", "chapter4");
+    ``unbatched_at``/``batched_at``: the point each sweep's CPU per request is read at, the highest-rate
+    one that met the objective, or the lowest-rate one where none did.
+    """
+    slo_ms = 1e3 * slo_s
+
+    def reach(rate: float) -> str:
+        return f"up to about {rate:.0f} requests/s" if rate > 0 else "at none of the rates tried"
+
+    def at(point: RatePoint) -> str:
+        where = "the highest rate that met it" if point.meets(slo_s) else "the lowest rate tried, which missed it"
+        return f"{cpu_ms_per_request(point):.1f} ms of CPU per request at {point.rate:.0f} requests/s, {where}"
+
+    gain = f" ({best['batched'] / best['unbatched']:.1f}×)" if best["unbatched"] > 0 and best["batched"] > 0 else ""
+    keeps_up = ("keeps up with the cluster on one box" if best["chapter4"] >= 0.8 * best["batched"]
+                else "still fell behind the cluster's two batching replicas here")
+    return (f"Without batching the two replicas kept p99 within {slo_ms:.0f} ms {reach(best['unbatched'])}; with "
+            f"`@serve.batch` {reach(best['batched'])}{gain}. Chapter 4's one-process batcher, which pays for no proxy "
+            f"and no actor call, reached {best['chapter4']:.0f} requests/s: it {keeps_up}. Against the objective, "
+            f"the batched cluster spent {at(batched_at)}, and the unbatched one {at(unbatched_at)}.")
+
+
 def describe_kill(outcome: FaultOutcome, *, slack: int = 2) -> str:
     """The sentence that reads a replica kill's failures, as measured (for the chapter's prose)."""
     if outcome.failed <= outcome.in_flight + slack:
