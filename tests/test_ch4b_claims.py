@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from servelab import claims, overload, payload
+from servelab import claims, overload, payload, rate_sweep
 from servelab.overload import GoodputPoint
 from servelab.payload import CpuPerRequest
 from servelab.rate_sweep import RatePoint
@@ -84,7 +84,7 @@ def test_near_ceiling_claim_breaks_far_below_it_and_skips_on_a_contended_ceiling
 def test_best_point_is_the_fastest_within_the_objective():
     slow = RatePoint(500, 100, 100, 0, 0, 100, 0, 500, 0.2, 0.3, 0.001, 0.05, 1.0, 0.0, False, 1)
     points = [rate_point(100), rate_point(300), slow]
-    assert payload.best_point(points, 0.1).rate == 300 and payload.best_point([slow], 0.1).rate == 500
+    assert rate_sweep.best_point(points, 0.1).rate == 300 and rate_sweep.best_point([slow], 0.1).rate == 500
 
 
 def test_shedding_claim_breaks_when_goodput_falls_past_saturation():

@@ -168,11 +168,6 @@ def ceiling_gap(ceiling: float, achieved: float, best: rate_sweep.RatePoint, pay
     return CeilingGap(ceiling, achieved, cpu_split(payload, best), client_ms, best.achieved_rate)
 
 
-def best_point(points: Sequence[rate_sweep.RatePoint], slo_s: float) -> rate_sweep.RatePoint:
-    """The highest-rate point that met the objective (the lowest-rate point if none did)."""
-    return max((p for p in points if p.meets(slo_s)), key=lambda p: p.rate, default=min(points, key=lambda p: p.rate))
-
-
 # --------------------------------------------------------------------------- claims (the chapter's check cell)
 
 

@@ -178,6 +178,11 @@ def monotone_fit(values: Sequence[float]) -> list[float]:
     return [m for m, n in blocks for _ in range(int(n))]
 
 
+def best_point(points: Sequence[RatePoint], slo_s: float) -> RatePoint:
+    """The highest-rate point that met the objective (the lowest-rate point if none did)."""
+    return max((p for p in points if p.meets(slo_s)), key=lambda p: p.rate, default=min(points, key=lambda p: p.rate))
+
+
 def max_rate_under_slo(points: Sequence[RatePoint], slo_s: float) -> float:
     """The highest offered rate whose p99 meets the SLO, from a sweep's points.
 

@@ -505,7 +505,11 @@ def describe_batching_sweeps(best: Mapping[str, float], unbatched_at: RatePoint,
             f"the batched cluster spent {at(batched_at)}, and the unbatched one {at(unbatched_at)}.")
 
 
-def describe_kill(outcome: FaultOutcome, *, slack: int = 2) -> str:
+#: Requests beyond those in flight that may fail when a replica is killed (a request or two sent while it died).
+KILL_SLACK = 2
+
+
+def describe_kill(outcome: FaultOutcome, *, slack: int = KILL_SLACK) -> str:
     """The sentence that reads a replica kill's failures, as measured (for the chapter's prose)."""
     if outcome.failed <= outcome.in_flight + slack:
         return ("The failed ones are those the dead replica held: the router had already handed them over, and "
@@ -516,7 +520,7 @@ def describe_kill(outcome: FaultOutcome, *, slack: int = 2) -> str:
             "kill failed too. A machine whose cores are all taken by the load delays that news")
 
 
-def claim_recovers_after_kill(outcome: FaultOutcome, *, cores: int = 2, slack: int = 2) -> claims.Claim:
+def claim_recovers_after_kill(outcome: FaultOutcome, *, cores: int = 2, slack: int = KILL_SLACK) -> claims.Claim:
     """After a replica kill the deployment is back to full strength, and failures ≤ in-flight + ``slack``.
 
     Requests fail beyond those in flight when the proxy keeps routing to the dead replica until it
