@@ -46,6 +46,14 @@ def test_two_nodes_replicas_on_both_errors_are_json_and_stop_leaves_nothing() ->
         with urllib.request.urlopen(cluster.url + "/health", timeout=30) as resp:
             assert json.load(resp)["servelab"].startswith(os.path.dirname(os.path.dirname(raycluster.__file__)))
         assert raycluster.port_is_loopback_only(cluster.http_port)
+        # A changed config is a lightweight update (not serve.run's restart of every replica): the replica
+        # that stays keeps its process, and a new user_config reaches it through reconfigure.
+        before = set(cluster.replica_pids())
+        raycluster.deploy_config(num_replicas=1, max_ongoing_requests=8,
+                                 user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.05})
+        assert raycluster.replica_states() == {"RUNNING": 1} and set(cluster.replica_pids()) & before
+        status, answer = post(cluster.url + "/predict", b'{"batch": 1}')
+        assert status == 200 and answer["pid"] in before and answer["server_batch"] == 1
         pids = cluster.alive_pids()
     assert all_dead(pids), "Ray processes outlived LocalCluster.stop()"
 

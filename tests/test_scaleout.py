@@ -62,12 +62,20 @@ def test_first_time_and_fault_outcome():
 
 def test_replica_scaling_is_measured_again_only_when_two_did_not_beat_one(monkeypatch):
     deployed, runs = [2], iter([50, 60, 75, 58])  # round 1: two slowed (50 against 60); round 2: 75 against 58
-    monkeypatch.setattr(scaleout, "measure_throughput", lambda label, *a, **k: point(f"{label} @{deployed[-1]}", next(runs), {}))
-    one, two = scaleout.measure_one_and_two_replicas("u", list, str, deployed.append, concurrency=4, duration_s=1)
+    in_flight = []
+
+    def measured(label, *args, concurrency, **kwargs):
+        in_flight.append(concurrency)
+        return point(f"{label} @{deployed[-1]}", next(runs), {})
+
+    monkeypatch.setattr(scaleout, "measure_throughput", measured)
+    one, two = scaleout.measure_one_and_two_replicas("u", list, str, deployed.append, in_flight_per_replica=5,
+                                                     duration_s=1)
     assert deployed == [2, 1, 2, 1] and (one.throughput, two.throughput) == (60, 75)
+    assert in_flight == [10, 5, 10, 5]  # each replica's slots full, none waiting in the proxy
     assert one.label == "Ray, 1 replica @1" and two.label == "Ray, 2 replicas @2"
     deployed[:], runs = [2], iter([75, 60])
-    scaleout.measure_one_and_two_replicas("u", list, str, deployed.append, concurrency=4, duration_s=1)
+    scaleout.measure_one_and_two_replicas("u", list, str, deployed.append, in_flight_per_replica=5, duration_s=1)
     assert deployed == [2, 1]  # no second round
 
 
@@ -79,8 +87,15 @@ def test_placement_claim():
 
 def test_two_replicas_claim_holds_breaks_and_skips():
     assert scaleout.claim_two_replicas_beat_one(RAY_ONE, RAY_TWO, cores=2).held
-    flat = scaleout.claim_two_replicas_beat_one(RAY_ONE, point("Ray, 2", 61, RAY_TWO.cpu_ms_by_role), cores=2)
-    assert flat.outcome == claims.FAILED and "should add throughput" in flat.message
+    # a second replica that never serves: the same requests on the same cores
+    idle = scaleout.claim_two_replicas_beat_one(RAY_ONE, point("Ray, 2", 61, RAY_ONE.cpu_ms_by_role), cores=2)
+    assert idle.outcome == claims.FAILED and "should put a second core to work" in idle.message
+    slower = scaleout.claim_two_replicas_beat_one(RAY_ONE, point("Ray, 2", 58, {"replica": 40}), cores=2)
+    assert slower.outcome == claims.FAILED and "should add throughput" in slower.message
+    # measured on a 2-core EPYC: 1.06× the requests, but the second core at work (1.26× the cores)
+    ceiling = scaleout.claim_two_replicas_beat_one(point("1", 37.8, {"replica": 40.7}), point("2", 40.1, {"replica": 48.5}),
+                                                   cores=2)
+    assert ceiling.held and ceiling.measured == "1.26×"
     assert scaleout.claim_two_replicas_beat_one(RAY_ONE, RAY_TWO, cores=1).skip_kind == "one core"
     busy = scaleout.claim_two_replicas_beat_one(RAY_ONE, point("Ray, 2", 61, {}, contended=True), cores=2)
     assert busy.skip_kind == "contended"
@@ -238,4 +253,6 @@ def test_batching_sweeps_sentence_follows_the_numbers():
     assert "36.0 ms of CPU per request at 50 requests/s, the lowest rate tried, which missed it" in text
     assert "30.0 ms of CPU per request at 40 requests/s, the highest rate that met it" in text
     both = scaleout.describe_batching_sweeps({"unbatched": 40, "batched": 80, "chapter4": 50}, met, met, 0.1)
-    assert "(2.0×)" in both and "still fell behind" in both
+    assert "(2.0×)" in both and "fell behind the batching replica" in both
+    assert "went further" in text and "about matched" in scaleout.describe_batching_sweeps(
+        {"unbatched": 40, "batched": 80, "chapter4": 90}, met, met, 0.1)

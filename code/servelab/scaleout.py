@@ -81,6 +81,11 @@ class ThroughputPoint:
     def cpu_ms_per_request(self) -> float:
         return sum(self.cpu_ms_by_role.values())
 
+    @property
+    def cores(self) -> float:
+        """Cores the server tree kept busy: CPU per request × requests per second."""
+        return self.cpu_ms_per_request * self.throughput / 1e3
+
 
 def measure_throughput(label: str, url: str, processes: Processes, classify: Classifier, *, concurrency: int,
                        duration_s: float = 2.0, warmup_s: float = 0.5, retries: int = 1) -> ThroughputPoint:
@@ -102,14 +107,19 @@ def measure_throughput(label: str, url: str, processes: Processes, classify: Cla
 
 
 def measure_one_and_two_replicas(url: str, processes: Processes, classify: Classifier, deploy: Callable[[int], None], *,
-                                 concurrency: int, duration_s: float, gain: float = 1.1,
+                                 in_flight_per_replica: int, duration_s: float, gain: float = 1.05,
                                  tries: int = 2) -> tuple[ThroughputPoint, ThroughputPoint]:
     """Closed-loop throughput of the deployment as it is (2 replicas), then scaled by ``deploy(1)`` to one.
 
+    Each set-up gets ``in_flight_per_replica`` × its replicas requests in flight: give it Serve's
+    ``max_ongoing_requests`` and every replica is kept busy while no request waits in the proxy. More
+    would cost the proxy CPU that no replica's work explains: one replica held 8 in flight against 5
+    slots and measured 36–48 ms of CPU per request on a 2-core AMD EPYC, 27–30 ms at 5.
+
     Where two did not answer ``gain`` × one's requests per second, both are measured again (``deploy(2)``
-    first), up to ``tries`` rounds, and each set-up keeps its fastest run: a VM's stolen time, which no
-    reading of other programs' CPU shows, slowed one 2-replica run to 0.81× of one replica on a 2-core
-    AMD EPYC, against 1.12–1.18× in the runs beside it. The deployment is left at one replica.
+    first, a replica start of about 10 s), up to ``tries`` rounds, and each set-up keeps its fastest run: a VM's stolen time, which no
+    reading of other programs' CPU shows, slowed one 2-replica run to 0.81× of one replica on that EPYC,
+    against 1.12–1.18× in the runs beside it. The deployment is left at one replica.
     """
     labels = {2: "Ray, 2 replicas", 1: "Ray, 1 replica"}
     best: dict[int, ThroughputPoint] = {}
@@ -117,8 +127,8 @@ def measure_one_and_two_replicas(url: str, processes: Processes, classify: Class
         for replicas in (2, 1):
             if round_ or replicas == 1:
                 deploy(replicas)  # scaling down, Serve stops one replica while the other keeps serving
-            point = measure_throughput(labels[replicas], url, processes, classify, concurrency=concurrency,
-                                       duration_s=duration_s)
+            point = measure_throughput(labels[replicas], url, processes, classify,
+                                       concurrency=in_flight_per_replica * replicas, duration_s=duration_s)
             best[replicas] = max(best.get(replicas, point), point, key=lambda p: p.throughput)
         if best[2].throughput >= gain * best[1].throughput:
             break
@@ -353,27 +363,35 @@ def claim_replicas_on_both_nodes(placement: Mapping[int, str]) -> claims.Claim:
 
 
 def claim_two_replicas_beat_one(one: ThroughputPoint, two: ThroughputPoint, cores: int, *,
-                                bound: float = 1.1) -> claims.Claim:
-    """Two replicas answer at least ``bound`` × one replica's throughput, where 2 cores are usable.
+                                core_gain: float = 1.15) -> claims.Claim:
+    """Where 2 cores are usable, two replicas keep ≥ ``core_gain`` × one's cores busy and answer more requests.
 
-    On 2 cores the proxy shares the cores with the replicas, so the second replica mostly puts the core
-    that one replica leaves to the proxy to work (1.44 → 1.9 cores used on a 2-core AMD EPYC), and its
-    CPU per request rises (19 → 20–23 ms: two replicas stream their weights at once). Measure with
-    enough requests in flight that no replica waits on the proxy: there, two replicas gained 1.23–1.46×
-    at 8 connections, against 0.81–1.48× at 4.
+    What the theory says on any machine: one replica keeps one core busy with the model, plus what the
+    proxy and Ray's processes take; a second replica on its own core adds the other. Its throughput gain
+    is capped by the cores left: on 2 cores one replica's deployment already used 1.43–1.54 of them (a
+    2-core AMD EPYC), so two can gain at most 2 / 1.5 ≈ 1.3×, and that VM's speed drifted by ±15% from
+    one measurement to the next (one replica: 28–38 requests/s). Measured there at 5 requests in flight
+    per replica: 1.06–1.54× the requests and 1.26–1.34× the cores. So the claim asserts the parallelism
+    (cores, which a slower minute does not change much) with a bound that a second replica that never
+    serves, or shares the first one's core, cannot meet (≈ 1.0×), and that two answered more than one.
     """
     claim_id = "ch5.two_replicas_beat_one"
-    sentence = f"Two replicas answer ≥ {bound}× the requests per second of one, with 2 usable cores."
+    sentence = (f"With 2 usable cores, two replicas keep ≥ {core_gain}× the cores of one busy and answer more "
+                "requests per second.")
     if cores < 2:
         return claims.skipped(claim_id, sentence, kind="one core", reason="only 1 usable core: two replicas share it")
-    gain = two.throughput / one.throughput
-    skip = _contended_skip(claim_id, sentence, [one, two], claims.fmt(gain))
+    gain, busier = two.throughput / one.throughput, two.cores / one.cores
+    skip = _contended_skip(claim_id, sentence, [one, two], claims.fmt(busier))
     if skip:
         return skip
-    return claims.at_least(claim_id, sentence, gain, bound,
-                           fail=f"2 replicas answered {two.throughput:.0f} req/s at {two.cpu_ms_per_request:.1f} ms of "
-                                f"CPU each, against {one.throughput:.0f} at {one.cpu_ms_per_request:.1f} ms for one "
-                                f"({gain:.2f}×); a second replica on its own core should add throughput")
+    said = (f"2 replicas kept {two.cores:.2f} cores busy and answered {two.throughput:.0f} req/s, against "
+            f"{one.cores:.2f} cores and {one.throughput:.0f} req/s for one ({busier:.2f}× the cores, {gain:.2f}× "
+            "the requests)")
+    if gain <= 1.0:
+        return claims.at_least(claim_id, sentence, gain, 1.0,
+                               fail=f"{said}; a second replica on its own core should add throughput")
+    return claims.at_least(claim_id, sentence, busier, core_gain,
+                           fail=f"{said}; a second replica should put a second core to work")
 
 
 def claim_ray_costs_more_cpu(ray: ThroughputPoint, gunicorn: ThroughputPoint, *, bound: float = 1.2) -> claims.Claim:
@@ -497,12 +515,16 @@ def describe_batching_sweeps(best: Mapping[str, float], unbatched_at: RatePoint,
         return f"{cpu_ms_per_request(point):.1f} ms of CPU per request at {point.rate:.0f} requests/s, {where}"
 
     gain = f" ({best['batched'] / best['unbatched']:.1f}×)" if best["unbatched"] > 0 and best["batched"] > 0 else ""
-    keeps_up = ("keeps up with the cluster on one box" if best["chapter4"] >= 0.8 * best["batched"]
-                else "still fell behind the cluster's two batching replicas here")
-    return (f"Without batching the two replicas kept p99 within {slo_ms:.0f} ms {reach(best['unbatched'])}; with "
+    if best["chapter4"] > 1.25 * best["batched"]:
+        keeps_up = "went further than the batching replica"
+    elif best["chapter4"] >= 0.8 * best["batched"]:
+        keeps_up = "about matched the batching replica"
+    else:
+        keeps_up = "fell behind the batching replica here"
+    return (f"Without batching the replica kept p99 within {slo_ms:.0f} ms {reach(best['unbatched'])}; with "
             f"`@serve.batch` {reach(best['batched'])}{gain}. Chapter 4's one-process batcher, which pays for no proxy "
             f"and no actor call, reached {best['chapter4']:.0f} requests/s: it {keeps_up}. Against the objective, "
-            f"the batched cluster spent {at(batched_at)}, and the unbatched one {at(unbatched_at)}.")
+            f"the batching deployment spent {at(batched_at)}, and the unbatched one {at(unbatched_at)}.")
 
 
 #: Requests beyond those in flight that may fail when a replica is killed (a request or two sent while it died).
