@@ -53,3 +53,20 @@ def test_target_ongoing(capsys, answer, ok, words):
 def test_max_failed(capsys, answer, ok, words):
     assert ch5.check_max_failed(answer, max_ongoing_requests=5) is ok
     assert words in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (0.3, True, "right"), (300, False, "Mind the unit"), (10 / 0.030, False, "Multiply"), (5, False, "Little"),
+])  # fmt: skip
+def test_ongoing_at_rate(capsys, answer, ok, words):
+    assert ch5.check_ongoing_at_rate(answer, rate=10, service_ms=30) is ok
+    assert words in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (0.8, True, "right"), (0.4, False, "each replica's share"), (80, False, "fraction"), (1.25, False, "Upside down"),
+    (0.1, False, "Utilisation ="),
+])  # fmt: skip
+def test_survivor_utilisation(capsys, answer, ok, words):
+    assert ch5.check_survivor_utilisation(answer, rate=24, capacity=30) is ok
+    assert words in capsys.readouterr().out

@@ -15,7 +15,7 @@ kernel-kill test in ``tests/test_raycluster.py`` checks that nothing survives).
 
 What Ray cannot be told to keep on loopback: its gRPC servers (GCS, raylets, the dashboard agent,
 every worker, replicas included) listen on all interfaces; :func:`listening_beyond_loopback`
-lists them from the live sockets. Taught in: chapters/05a_ray_serve.ipynb.
+lists them from the live sockets. Taught in: chapters/05a_ray_serve.ipynb (and used by 05b, 05c).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -275,7 +276,7 @@ def deploy_config(path: Path = CONFIG_PATH, *, timeout_s: float = 120.0, **overr
     controller's ``apply_config`` as ``serve deploy`` sends it (through the Serve client, whose Python
     handle Ray keeps in ``ray.serve.context``). The code version is then a hash of the import path,
     so Serve's lightweight updates stay lightweight: a changed ``user_config`` reaches the running
-    replicas through ``reconfigure`` (1.1 s), scaling down keeps the other replica (3 s, not 10).
+    replicas through ``reconfigure`` (0.5 s), scaling down keeps the other replica (2.5 s, not 10).
     """
     from ray.serve.context import _get_global_client
     from ray.serve.schema import ServeDeploySchema
@@ -292,21 +293,22 @@ def deploy_config(path: Path = CONFIG_PATH, *, timeout_s: float = 120.0, **overr
     autoscaling = deployment.get("autoscaling_config")
     wanted = int(autoscaling.get("initial_replicas") or autoscaling.get("min_replicas", 1)) if autoscaling \
         else int(deployment["num_replicas"])  # fmt: skip
-    _wait_for_replicas(wanted, exact=not autoscaling, timeout_s=timeout_s)
+    app = config["applications"][0]["name"]
+    _wait_for_replicas(wanted, exact=not autoscaling, timeout_s=timeout_s, app=app, deployment=deployment["name"])
     return time.monotonic() - t0
 
 
-def _wait_for_replicas(count: int, *, exact: bool, timeout_s: float, app: str = "mlp") -> None:
+def _wait_for_replicas(count: int, *, exact: bool, timeout_s: float, app: str, deployment: str) -> None:
     """Until the application runs with ``count`` running replicas (and, if ``exact``, no other)."""
     from ray import serve
 
     deadline, states = time.monotonic() + timeout_s, {}
     while time.monotonic() < deadline:
-        status = serve.status().applications.get(app)
+        status = serve.status().applications.get(app)  # one controller round trip per poll
         phase = str(getattr(status.status, "value", status.status)) if status else ""
         if phase == "DEPLOY_FAILED":
             raise ClusterError(f"deploying {app} failed: {status.message}")
-        states = replica_states(app)
+        states = _states_of(status, deployment)
         enough = states == {"RUNNING": count} if exact else states.get("RUNNING", 0) >= count
         if enough and phase == "RUNNING":
             return
@@ -314,14 +316,29 @@ def _wait_for_replicas(count: int, *, exact: bool, timeout_s: float, app: str = 
     raise ClusterError(f"{app} did not reach {count} running replicas in {timeout_s:.0f} s: {states}")
 
 
-def replica_states(app: str = "mlp", deployment: str = "MLP") -> dict[str, int]:
-    """How many replicas of the deployment are in each state (RUNNING, STARTING, ...), from the controller."""
-    from ray import serve
+@lru_cache(maxsize=None)
+def config_names(path: Path = CONFIG_PATH) -> tuple[str, str]:
+    """The config's first application and its first deployment, by name: what the chapter deploys."""
+    application = yaml.safe_load(Path(path).read_text())["applications"][0]
+    return application["name"], application["deployments"][0]["name"]
 
-    status = serve.status().applications.get(app)
+
+def _states_of(status: Any, deployment: str) -> dict[str, int]:
+    """Replicas per state in one application's status, as ``serve.status()`` gives it (None: not deployed)."""
     if status is None or deployment not in status.deployments:
         return {}
     return {str(getattr(k, "value", k)): int(v) for k, v in status.deployments[deployment].replica_states.items()}
+
+
+def replica_states(app: str | None = None, deployment: str | None = None) -> dict[str, int]:
+    """How many replicas of the deployment are in each state (RUNNING, STARTING, ...), from the controller.
+
+    Without names: the config file's first application and deployment.
+    """
+    from ray import serve
+
+    default_app, default_deployment = config_names()
+    return _states_of(serve.status().applications.get(app or default_app), deployment or default_deployment)
 
 
 def running_replicas() -> int:

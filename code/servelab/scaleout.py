@@ -6,7 +6,7 @@ replicas, the HTTP proxy, the controller, and Ray's own system processes, which 
 cluster and not of the model). The load-step and fault runs send open-loop traffic from helper
 threads while this thread watches the replicas, so the timeline shows what a client saw and what
 the cluster did at the same moments. The chapters' claim functions and figures are at the end.
-Taught in: chapters/05a_ray_serve.ipynb, chapters/05b_ray_faults.ipynb.
+Taught in: chapters/05a_ray_serve.ipynb, chapters/05b_ray_autoscaling.ipynb, chapters/05c_ray_faults.ipynb.
 """
 
 from __future__ import annotations

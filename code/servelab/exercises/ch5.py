@@ -1,7 +1,7 @@
 """Checks for chapter 5's exercises (Ray Serve: replicas, batching, autoscaling, faults).
 
 Each check prints a tick or a hint aimed at the usual mistake, and returns whether the answer was right.
-Taught in: chapters/05a_ray_serve.ipynb, chapters/05b_ray_faults.ipynb.
+Taught in: chapters/05a_ray_serve.ipynb, chapters/05b_ray_autoscaling.ipynb, chapters/05c_ray_faults.ipynb.
 """
 
 from __future__ import annotations
@@ -48,6 +48,19 @@ def check_effective_batch(answer: int | None, max_batch_size: int, max_ongoing_r
     return check(answer, expected, name="largest batch", hint=hint)
 
 
+def check_ongoing_at_rate(answer: float | None, rate: float, service_ms: float) -> bool:
+    """Exercise 3: the requests one replica holds on average at ``rate``, by Little's law (L = λW, W = service)."""
+    expected = rate * service_ms / 1e3
+    if answer is None or answer is Ellipsis:
+        return check(answer, expected, name="ongoing requests per replica")
+    hint = "Little's law: requests held = arrival rate × time each is held."
+    if _near(answer, rate * service_ms):
+        hint = "Mind the unit: the service time is in milliseconds and the rate in requests per second."
+    elif _near(answer, rate / service_ms * 1e3) or _near(answer, service_ms / rate):
+        hint = "Multiply, do not divide: more requests per second, or longer ones, both mean more held at once."
+    return check(answer, expected, rel_tol=0.05, name="ongoing requests per replica", hint=hint)
+
+
 def target_ongoing_range(slo_ms: float, service_ms: float) -> tuple[int, int]:
     """The ``target_ongoing_requests`` that keep p99 within the SLO: ``(lowest sensible, highest safe)``.
 
@@ -59,7 +72,7 @@ def target_ongoing_range(slo_ms: float, service_ms: float) -> tuple[int, int]:
 
 
 def check_target_ongoing(answer: float | None, slo_ms: float, service_ms: float) -> bool:
-    """Exercise 3: a ``target_ongoing_requests`` for a p99 objective, given one request's service time."""
+    """Exercise 4: a ``target_ongoing_requests`` for a p99 objective, given one request's service time."""
     low, high = target_ongoing_range(slo_ms, service_ms)
     if answer is None or answer is Ellipsis:
         return check(answer, high, name="target_ongoing_requests")
@@ -80,7 +93,7 @@ def check_target_ongoing(answer: float | None, slo_ms: float, service_ms: float)
 
 
 def check_max_failed(answer: int | None, max_ongoing_requests: int) -> bool:
-    """Exercise 4: at most how many requests fail when one replica process is killed."""
+    """Exercise 5: at most how many requests fail when one replica process is killed."""
     if answer is None or answer is Ellipsis:
         return check(answer, max_ongoing_requests, name="most requests that can fail")
     hint = "Which requests were on the killed replica when it died, and does Serve send them again?"
@@ -91,3 +104,18 @@ def check_max_failed(answer: int | None, max_ongoing_requests: int) -> bool:
     elif answer > max_ongoing_requests:
         hint = "Only the dead replica's requests fail; the router never gave it more than max_ongoing_requests."
     return check(answer, max_ongoing_requests, name="most requests that can fail", hint=hint)
+
+
+def check_survivor_utilisation(answer: float | None, rate: float, capacity: float) -> bool:
+    """Exercise 6: how busy the replica that survives is, once it alone carries ``rate`` (0..1)."""
+    expected = rate / capacity
+    if answer is None or answer is Ellipsis:
+        return check(answer, expected, name="utilisation of the surviving replica")
+    hint = "Utilisation = the rate it must serve / the rate it can serve."
+    if _near(answer, expected / 2):
+        hint = "That is each replica's share while both ran. After the kill, one replica gets all the traffic."
+    elif _near(answer, 100 * expected):
+        hint = "Give it as a fraction of 1, not a percentage."
+    elif _near(answer, 1 / expected):
+        hint = "Upside down: the rate it must serve goes on top."
+    return check(answer, expected, rel_tol=0.05, name="utilisation of the surviving replica", hint=hint)
