@@ -79,6 +79,25 @@ def test_replica_scaling_is_measured_again_only_when_two_did_not_beat_one(monkey
     assert deployed == [2, 1]  # no second round
 
 
+def test_gunicorn_workers_measured_one_after_another_and_stopped(monkeypatch):
+    measured, alive = [], []
+
+    def measure(label, url, processes, classify, *, concurrency, duration_s):
+        pids = {p.pid for p in processes()}
+        measured.append((label, concurrency, duration_s, pids))
+        alive.append(pids)
+        return point(label, 10.0 * len(measured), {})
+
+    monkeypatch.setattr(scaleout, "measure_throughput", measure)
+    points = scaleout.measure_gunicorn_workers((1, 2), concurrency=3, duration_s=0.1)
+    assert [p.label for p in points] == ["gunicorn, 1 worker(s)", "gunicorn, 2 worker(s)"]
+    assert [(label, c, d) for label, c, d, _ in measured] == [("gunicorn, 1 worker(s)", 3, 0.1), ("gunicorn, 2 worker(s)", 3, 0.1)]
+    assert len(measured[0][3]) == 2 and len(measured[1][3]) == 3  # master + workers, each its own tree
+    assert not measured[0][3] & measured[1][3]
+    still = [pid for pids in alive for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert still == [], "a gunicorn outlived the measurement"
+
+
 def test_placement_claim():
     assert scaleout.claim_replicas_on_both_nodes({11: "head", 12: "worker"}).held
     failed = scaleout.claim_replicas_on_both_nodes({11: "head", 12: "head"})
