@@ -112,3 +112,6 @@ def test_robustness_rerun_of_a_chapter_replaces_only_its_row(tmp_path, monkeypat
     robustness.run_condition("no-wrk", [Path("02_b.ipynb")], tmp_path)
     assert sorted(robustness.read_runs(tmp_path)) == ["01_a", "02_b"]
     assert [r["chapter"] for r in claims.load_records(tmp_path)] == ["01_a", "02_b"]
+    robustness.run_condition("no-wrk", [Path("02_b.ipynb")], tmp_path, book={"02_b"})  # 01_a was renamed away
+    assert sorted(robustness.read_runs(tmp_path)) == ["02_b"]
+    assert [r["chapter"] for r in claims.load_records(tmp_path)] == ["02_b"]

@@ -70,3 +70,41 @@ def test_ongoing_at_rate(capsys, answer, ok, words):
 def test_survivor_utilisation(capsys, answer, ok, words):
     assert ch5.check_survivor_utilisation(answer, rate=24, capacity=30) is ok
     assert words in capsys.readouterr().out
+
+
+BY_ROLE = {"replica": 18.0, "proxy": 5.0, "controller": 0.5, "Ray system": 0.5}  # 24 ms: 6 outside the model
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (0.25, True, "right"), (0.75, False, "the model's share"), (25, False, "fraction"),
+    (5 / 24, False, "controller"), (0.5, False, "Everything but"),
+])  # fmt: skip
+def test_overhead_share(capsys, answer, ok, words):
+    assert ch5.check_overhead_share(answer, BY_ROLE) is ok
+    assert words in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (100, True, "right"), (500, False, "every arrival"), (10, False, "excess per second"), (300, False, "for how long"),
+])  # fmt: skip
+def test_excess_requests(capsys, answer, ok, words):
+    assert ch5.check_excess_requests(answer, rate=50, capacity=40, seconds=10) is ok
+    assert words in capsys.readouterr().out
+
+
+def test_replicas_for_one_failure_rounds_only_real_fractions():
+    assert ch5.replicas_for_one_failure(rate=3 * 0.8 * 30, capacity=30, max_utilisation=0.8) == 4
+    assert ch5.replicas_for_one_failure(rate=73, capacity=30, max_utilisation=0.8) == 5  # 3.04 → 4, plus one
+
+
+@pytest.mark.parametrize(("answer", "ok", "words"), [
+    (4, True, "right"), (3, False, "Add the one"), (2, False, "Size for the moment"),
+])  # fmt: skip
+def test_replicas_for_failure(capsys, answer, ok, words):
+    assert ch5.check_replicas_for_failure(answer, rate=72, capacity=30, max_utilisation=0.8) is ok
+    assert words in capsys.readouterr().out
+
+
+def test_replicas_for_failure_names_the_full_survivors(capsys):
+    assert not ch5.check_replicas_for_failure(6, rate=150, capacity=30, max_utilisation=0.8)  # 6.25 → 7, plus one: 8
+    assert "100%" in capsys.readouterr().out

@@ -114,10 +114,18 @@ def write_runs(records: Path, runs: dict[str, ChapterRun]) -> None:
     (records / "runs.jsonl").write_text("".join(json.dumps(asdict(r)) + "\n" for _, r in sorted(runs.items())))
 
 
-def run_condition(name: str, chapters: Sequence[Path], records: Path) -> None:
-    """Run ``chapters`` in condition ``name``; their old records go first, other chapters' stay."""
+def run_condition(name: str, chapters: Sequence[Path], records: Path, *, book: set[str] | None = None) -> None:
+    """Run ``chapters`` in condition ``name``; their old records go first, other chapters' stay.
+
+    With ``book`` (the stems of the book's chapters), records of a chapter no longer in it go too:
+    a renamed or split notebook must not leave its old rows in the table.
+    """
     records.mkdir(parents=True, exist_ok=True)
     runs = read_runs(records)
+    for gone in [] if book is None else [stem for stem in runs if stem not in book]:
+        runs.pop(gone)
+    for ledger in [] if book is None else [p for p in records.glob("*.json") if p.stem not in book]:
+        ledger.unlink()
     for chapter in chapters:  # no stale record may pass for this run's
         (records / f"{chapter.stem}.json").unlink(missing_ok=True)
         runs.pop(chapter.stem, None)
@@ -142,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.report_only and "one-core" in names and not shutil.which("taskset"):
         parser.error("taskset is missing (Debian: apt-get install util-linux)")
     for name in names if not args.report_only else []:
-        run_condition(name, chapters, args.out / name)
+        run_condition(name, chapters, args.out / name, book={c.stem for c in (ROOT / "chapters").glob("*.ipynb")})
     by_condition = {name: claims.load_records(args.out / name) for name in names}
     runs = [run for name in names for run in read_runs(args.out / name).values()]
     report = args.out / "robustness.md"
