@@ -115,3 +115,11 @@ def test_robustness_rerun_of_a_chapter_replaces_only_its_row(tmp_path, monkeypat
     robustness.run_condition("no-wrk", [Path("02_b.ipynb")], tmp_path, book={"02_b"})  # 01_a was renamed away
     assert sorted(robustness.read_runs(tmp_path)) == ["02_b"]
     assert [r["chapter"] for r in claims.load_records(tmp_path)] == ["02_b"]
+
+
+def test_claims_page_leaves_out_chapters_no_longer_in_the_book(tmp_path):
+    from servelab.claims_page import book_records
+
+    (tmp_path / "05b_ray_autoscaling.ipynb").write_text("{}")
+    records = [{"chapter": "05b_ray_autoscaling"}, {"chapter": "05b_ray_faults"}]  # the second was renamed away
+    assert book_records(records, tmp_path) == [{"chapter": "05b_ray_autoscaling"}]

@@ -9,6 +9,7 @@ Taught in: claims.md (What held on this machine).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from . import claims
@@ -40,9 +41,16 @@ def page_markdown(records: list[dict]) -> str:
     ])
 
 
+def book_records(records: list[dict], chapters_dir: Path) -> list[dict]:
+    """The records of chapters that are in the book: a renamed or split notebook leaves its old record behind."""
+    in_book = {p.stem for p in chapters_dir.glob("*.ipynb")}
+    return [r for r in records if r["chapter"] in in_book]
+
+
 def _fill(app: Any, docname: str, source: list[str]) -> None:
     if docname == PAGE:
-        source[0] = source[0].replace(MARKER, page_markdown(claims.load_records()))
+        records = book_records(claims.load_records(), Path(app.srcdir) / "chapters")
+        source[0] = source[0].replace(MARKER, page_markdown(records))
 
 
 def setup(app: Any) -> dict:
