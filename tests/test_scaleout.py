@@ -80,12 +80,10 @@ def test_replica_scaling_is_measured_again_only_when_two_did_not_beat_one(monkey
 
 
 def test_gunicorn_workers_measured_one_after_another_and_stopped(monkeypatch):
-    measured, alive = [], []
+    measured = []
 
     def measure(label, url, processes, classify, *, concurrency, duration_s):
-        pids = {p.pid for p in processes()}
-        measured.append((label, concurrency, duration_s, pids))
-        alive.append(pids)
+        measured.append((label, concurrency, duration_s, {p.pid for p in processes()}))
         return point(label, 10.0 * len(measured), {})
 
     monkeypatch.setattr(scaleout, "measure_throughput", measure)
@@ -94,7 +92,7 @@ def test_gunicorn_workers_measured_one_after_another_and_stopped(monkeypatch):
     assert [(label, c, d) for label, c, d, _ in measured] == [("gunicorn, 1 worker(s)", 3, 0.1), ("gunicorn, 2 worker(s)", 3, 0.1)]
     assert len(measured[0][3]) == 2 and len(measured[1][3]) == 3  # master + workers, each its own tree
     assert not measured[0][3] & measured[1][3]
-    still = [pid for pids in alive for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    still = [pid for *_, pids in measured for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert still == [], "a gunicorn outlived the measurement"
 
 

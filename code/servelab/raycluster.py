@@ -58,8 +58,8 @@ NODE_ENV = {
 STARTED_TEXT = "Ray runtime started"
 # How long a node's `ray start --block` gets after SIGTERM before its process group and every recorded
 # PID are SIGKILLed. The worker node's exits in about 1.1 s on a 2-core EPYC; the head's never finished
-# within 3 s (its controller and proxy outlived it even then). Nothing of a node outlasts the cluster
-# that needs a graceful stop: the temp dir is ours and removed, and the object store leaves no file.
+# within 3 s (its controller and proxy outlived it even then). Nothing a node leaves behind needs a
+# graceful stop: the temp dir is ours and removed, and the object store leaves no file in /dev/shm.
 STOP_GRACE_S = 1.5
 ROLES = ("replica", "proxy", "controller", "Ray system")
 
@@ -345,10 +345,6 @@ def replica_states(app: str | None = None, deployment: str | None = None) -> dic
     default_app, default_deployment = config_names()
     return _states_of(serve.status().applications.get(app or default_app), deployment or default_deployment)
 
-
-def running_replicas() -> int:
-    """Replicas the controller counts as RUNNING."""
-    return replica_states().get("RUNNING", 0)
 
 
 # --------------------------------------------------------------------------- what the cluster exposes

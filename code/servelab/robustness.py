@@ -122,10 +122,11 @@ def run_condition(name: str, chapters: Sequence[Path], records: Path, *, book: s
     """
     records.mkdir(parents=True, exist_ok=True)
     runs = read_runs(records)
-    for gone in [] if book is None else [stem for stem in runs if stem not in book]:
-        runs.pop(gone)
-    for ledger in [] if book is None else [p for p in records.glob("*.json") if p.stem not in book]:
-        ledger.unlink()
+    if book is not None:
+        runs = {stem: run for stem, run in runs.items() if stem in book}
+        for ledger in records.glob("*.json"):
+            if ledger.stem not in book:
+                ledger.unlink()
     for chapter in chapters:  # no stale record may pass for this run's
         (records / f"{chapter.stem}.json").unlink(missing_ok=True)
         runs.pop(chapter.stem, None)
@@ -144,13 +145,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "robustness")
     args = parser.parse_args(argv)
     names = args.conditions.split(",")
-    chapters = sorted((ROOT / "chapters").glob("*.ipynb"))
-    if args.chapters:
-        chapters = [c for c in chapters if c.stem in args.chapters.split(",")]
+    book = sorted((ROOT / "chapters").glob("*.ipynb"))
+    chapters = [c for c in book if c.stem in args.chapters.split(",")] if args.chapters else book
     if not args.report_only and "one-core" in names and not shutil.which("taskset"):
         parser.error("taskset is missing (Debian: apt-get install util-linux)")
     for name in names if not args.report_only else []:
-        run_condition(name, chapters, args.out / name, book={c.stem for c in (ROOT / "chapters").glob("*.ipynb")})
+        run_condition(name, chapters, args.out / name, book={c.stem for c in book})
     by_condition = {name: claims.load_records(args.out / name) for name in names}
     runs = [run for name in names for run in read_runs(args.out / name).values()]
     report = args.out / "robustness.md"
